@@ -1,0 +1,26 @@
+"""fjsph-jax: FLIP-based Joint Similarity Preserving Hashing for cross-modal retrieval, in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="fjsph-jax",
+    version="0.1.0",
+    description="FJSPH, JSPSH and JDSH cross-modal hashing in JAX/Flax NNX, sharded over TPU/GPU meshes.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["fjsph_jax", "fjsph_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "ml_collections>=1.0",
+        "absl-py>=2.0",
+        "numpy>=1.26",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+)
