@@ -1,0 +1,292 @@
+"""The unified code bank, its discrete update, and bit packing.
+
+Codes are int8 in {-1, +1} (``sign_pm``, never ``jnp.sign``).  The bank holds, for all
+N training items, the codes ``B`` [N, K] and the latest continuous outputs of the image
+head ``F`` [N, K] and the text head ``G`` [N, K].  With the target ``T = 2S - 1`` of a
+:class:`~fjsph_jax.similarity.JointSimilarity`, the code step minimises over B
+
+    J(B) = alpha (||K T - B F^T||^2 + ||K T - B G^T||^2) + gamma (||B - F||^2 + ||B - G||^2)
+
+(alpha = ``similarity_weight``, gamma = ``quantization_weight``).  Expanding, with
+
+    Q = alpha K T (F + G) + gamma (F + G)        [N, K]
+    W = alpha (F^T F + G^T G)                    [K, K]
+
+    J(B) = -2 <B, Q> + <B^T B, W> + 2 alpha K^2 ||T||^2 + gamma (2 N K + ||F||^2 + ||G||^2)
+
+for B in {-1, +1}^(N x K) (see :func:`code_objective`).
+
+Nothing here builds an N x N matrix except :func:`dense_code_objective` (tests only).
+"""
+from __future__ import annotations
+
+import functools
+import numbers
+import typing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fjsph_jax import similarity as similarity_lib
+
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def sign_pm(x) -> jax.Array:
+    """Elementwise sign in {-1, +1} as int8: ``+1 if x >= 0 else -1`` (0 and -0 -> +1).
+
+    NaN maps to -1 (``NaN >= 0`` is false).  Same shape as ``x``.
+    """
+    return jnp.where(jnp.asarray(x) >= 0, 1, -1).astype(jnp.int8)
+
+
+class CodeBank(typing.NamedTuple):
+    """Training-set codes and head outputs (a pytree; shard every field along N).
+
+    Fields:
+      codes: int8 [N, K] in {-1, +1}, the unified code bank B.
+      image_outputs: float32 [N, K], F, the latest image-head output of every item.
+      text_outputs: float32 [N, K], G, the latest text-head output of every item.
+    """
+
+    codes: jax.Array
+    image_outputs: jax.Array
+    text_outputs: jax.Array
+
+
+def init_code_bank(num_items: int, bits: int, key) -> CodeBank:
+    """Random uniform ±1 codes [N, K]; F = G = the codes as float32.
+
+    Starting F and G at the codes keeps the bank self-consistent (zero quantisation
+    error, ``sign_pm(F + G) == codes``) until the first head outputs are scattered in.
+    """
+    if not _is_int(num_items) or num_items < 1:
+        raise ValueError(f"num_items must be an int >= 1, got {num_items!r}")
+    if not _is_int(bits) or bits < 1:
+        raise ValueError(f"bits must be an int >= 1, got {bits!r}")
+    return _init_code_bank(key, num_items=int(num_items), bits=int(bits))
+
+
+def _is_int(value) -> bool:
+    """True for Python and numpy integers (not bools)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@functools.partial(jax.jit, static_argnames=("num_items", "bits"))
+def _init_code_bank(key, *, num_items, bits):
+    positive = jax.random.bernoulli(key, 0.5, (num_items, bits))
+    codes = jnp.where(positive, 1, -1).astype(jnp.int8)
+    as_float = codes.astype(jnp.float32)
+    return CodeBank(codes=codes, image_outputs=as_float, text_outputs=as_float)
+
+
+def update_outputs(bank: CodeBank, idx_b, image_out_bk, text_out_bk) -> CodeBank:
+    """Scatter a batch's head outputs into F and G: ``F[idx] = image_out``, ``G[idx] = text_out``.
+
+    Args:
+      idx_b: int [B] training-item indices (distinct).
+      image_out_bk, text_out_bk: [B, K] continuous outputs (cast to float32).
+    Returns:
+      A new :class:`CodeBank` (codes unchanged).
+    """
+    idx_b = jnp.asarray(idx_b)
+    expected = (idx_b.shape[0], bank.image_outputs.shape[1])
+    for name, value in (("image_out_bk", image_out_bk), ("text_out_bk", text_out_bk)):
+        if tuple(jnp.shape(value)) != expected:
+            raise ValueError(f"{name} must have shape [B, K] = {expected}, got {jnp.shape(value)}")
+    return bank._replace(
+        image_outputs=bank.image_outputs.at[idx_b].set(jnp.asarray(image_out_bk, jnp.float32)),
+        text_outputs=bank.text_outputs.at[idx_b].set(jnp.asarray(text_out_bk, jnp.float32)),
+    )
+
+
+def _outputs(bank_or_f_g):
+    """(F, G) float32 from a CodeBank or an (F, G) pair."""
+    if isinstance(bank_or_f_g, CodeBank):
+        f, g = bank_or_f_g.image_outputs, bank_or_f_g.text_outputs
+    else:
+        f, g = bank_or_f_g
+    return jnp.asarray(f, jnp.float32), jnp.asarray(g, jnp.float32)
+
+
+def _check_weights(similarity_weight, quantization_weight):
+    """ValueError for concrete negative weights (traced values pass through)."""
+    for name, value in (("similarity_weight", similarity_weight),
+                        ("quantization_weight", quantization_weight)):
+        if isinstance(value, numbers.Real) and value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def _linear_and_quadratic_terms(f_nk, g_nk, sim, alpha, gamma):
+    """``Q = alpha K T (F+G) + gamma (F+G)`` [N, K] and ``W = alpha (F^T F + G^T G)`` [K, K]."""
+    bits = f_nk.shape[1]
+    f_plus_g = f_nk + g_nk
+    q = alpha * bits * similarity_lib.apply_target(sim, f_plus_g) + gamma * f_plus_g
+    w = alpha * (jnp.matmul(f_nk.T, f_nk, precision=_PRECISION)
+                 + jnp.matmul(g_nk.T, g_nk, precision=_PRECISION))
+    return q, w
+
+
+@functools.partial(jax.jit, static_argnames=("num_sweeps",))
+def _discrete_code_step(bank, sim, alpha, gamma, num_sweeps):
+    f, g = _outputs(bank)
+    alpha = jnp.asarray(alpha, jnp.float32)
+    gamma = jnp.asarray(gamma, jnp.float32)
+    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma)
+    # alpha == 0: W == 0 and the step is sign_pm(gamma (F + G)); use F + G itself so
+    # that the result is exactly sign_pm(F + G) (no underflow of gamma * x to -0).
+    q = jnp.where(alpha == 0, f + g, q)
+    bits = f.shape[1]
+
+    def update_bit(k, codes):
+        w_k = jax.lax.dynamic_index_in_dim(w, k, axis=1, keepdims=False)         # [K]
+        b_k = jax.lax.dynamic_index_in_dim(codes, k, axis=1, keepdims=False)     # [N]
+        q_k = jax.lax.dynamic_index_in_dim(q, k, axis=1, keepdims=False)         # [N]
+        others = jnp.matmul(codes, w_k, precision=_PRECISION) - b_k * w_k[k]     # B_{:,-k} W_{-k,k}
+        new_b_k = jnp.where(q_k - others >= 0, 1.0, -1.0)
+        return jax.lax.dynamic_update_index_in_dim(codes, new_b_k, k, axis=1)
+
+    def sweep(_, codes):
+        return jax.lax.fori_loop(0, bits, update_bit, codes)
+
+    codes = jax.lax.fori_loop(0, num_sweeps, sweep, bank.codes.astype(jnp.float32))
+    return sign_pm(codes)
+
+
+def discrete_code_step(bank: CodeBank, sim: similarity_lib.JointSimilarity, *,
+                       similarity_weight: float, quantization_weight: float,
+                       num_sweeps: int = 1) -> jax.Array:
+    """Discrete cyclic coordinate descent on B for J(B) (see the module docstring).
+
+    Starting from ``bank.codes``, each sweep updates the bit columns k = 0..K-1 in turn,
+    each the exact minimiser of J with the other columns fixed:
+
+        b_k = sign_pm(q_k - B_{:,-k} W_{-k,k})
+
+    so J never increases.  With ``similarity_weight == 0`` the result is exactly
+    ``sign_pm(F + G)`` (also when ``quantization_weight == 0``).
+
+    Args:
+      bank: the :class:`CodeBank` (codes, F, G) [N, K].
+      sim: the joint similarity of the N items.
+      similarity_weight: alpha >= 0.
+      quantization_weight: gamma >= 0.
+      num_sweeps: passes over all K bits (static, >= 1).
+    Returns:
+      int8 [N, K] codes in {-1, +1}.  Cost O(N K (C + m) + num_sweeps N K^2) time,
+      O(N K + K^2) memory.
+    """
+    _check_weights(similarity_weight, quantization_weight)
+    if not _is_int(num_sweeps) or num_sweeps < 1:
+        raise ValueError(f"num_sweeps must be an int >= 1, got {num_sweeps!r}")
+    if bank.image_outputs.shape[0] != sim.num_items:
+        raise ValueError(f"bank has N={bank.image_outputs.shape[0]} items but sim has "
+                         f"N={sim.num_items}")
+    return _discrete_code_step(bank, sim, similarity_weight, quantization_weight,
+                               num_sweeps=int(num_sweeps))
+
+
+def code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
+                   similarity_weight, quantization_weight,
+                   include_constant: bool = True) -> jax.Array:
+    """J(B) computed from the low-rank factors (no N x N matrix).
+
+        J(B) = -2 <B, Q> + <B^T B, W>
+               + 2 alpha K^2 ||T||_F^2 + gamma (2 ||B||^2 + ||F||^2 + ||G||^2)
+
+    where ``||T||_F^2`` comes from :func:`~fjsph_jax.similarity.target_squared_norm`
+    (and ``||B||^2 = N K`` for ±1 codes).  With ``include_constant=False`` the last line
+    is dropped: the result is J(B) up to a constant independent of B, which is the
+    numerically better quantity for comparing codes at large N (float32 cancellation in
+    ``K^2 ||T||^2``).
+
+    Args:
+      codes: [N, K] codes (int8 ±1, or any real B).
+      bank_or_f_g: a :class:`CodeBank` (its F, G are used) or an ``(F, G)`` pair [N, K].
+      sim: joint similarity; similarity_weight: alpha; quantization_weight: gamma.
+    Returns:
+      float32 scalar.  Cost O(N K (C + m) + N K^2) plus ``target_squared_norm``.
+    """
+    _check_weights(similarity_weight, quantization_weight)
+    return _code_objective(codes, _outputs(bank_or_f_g), sim, similarity_weight,
+                           quantization_weight, include_constant=bool(include_constant))
+
+
+@functools.partial(jax.jit, static_argnames=("include_constant",))
+def _code_objective(codes, f_g, sim, alpha, gamma, include_constant):
+    f, g = f_g
+    b = jnp.asarray(codes, jnp.float32)
+    alpha = jnp.asarray(alpha, jnp.float32)
+    gamma = jnp.asarray(gamma, jnp.float32)
+    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma)
+    gram_b = jnp.matmul(b.T, b, precision=_PRECISION)
+    value = -2.0 * jnp.sum(b * q) + jnp.sum(gram_b * w)
+    if include_constant:
+        bits = f.shape[1]
+        value += (2.0 * alpha * bits**2 * similarity_lib.target_squared_norm(sim)
+                  + gamma * (2.0 * jnp.trace(gram_b) + jnp.sum(f * f) + jnp.sum(g * g)))
+    return value
+
+
+@jax.jit
+def dense_code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
+                         similarity_weight, quantization_weight) -> jax.Array:
+    """J(B) evaluated literally with the dense target T [N, N].  Tests / small N only."""
+    f, g = _outputs(bank_or_f_g)
+    b = jnp.asarray(codes, jnp.float32)
+    bits = f.shape[1]
+    target = bits * (2.0 * similarity_lib.dense_similarity(sim) - 1.0)
+    similarity_term = (jnp.sum((target - jnp.matmul(b, f.T, precision=_PRECISION)) ** 2)
+                       + jnp.sum((target - jnp.matmul(b, g.T, precision=_PRECISION)) ** 2))
+    quantization_term = jnp.sum((b - f) ** 2) + jnp.sum((b - g) ** 2)
+    return similarity_weight * similarity_term + quantization_weight * quantization_term
+
+
+# ------------------------------------------------------------------------ bit packing
+
+_BYTE_WEIGHTS = np.array([128, 64, 32, 16, 8, 4, 2, 1], np.uint8)
+
+
+@jax.jit
+def pack_bits(codes_nk) -> jax.Array:
+    """Pack ±1 codes into bytes: bit 1 for +1, 0 for -1, big-endian within a byte.
+
+    Matches ``np.packbits(codes > 0, axis=1)`` (the last byte zero-padded).
+
+    Args:
+      codes_nk: [N, K] codes in {-1, +1}.
+    Returns:
+      uint8 [N, ceil(K / 8)].
+    """
+    codes = jnp.asarray(codes_nk)
+    if codes.ndim != 2:
+        raise ValueError(f"codes_nk must be 2-D [N, K], got shape {codes.shape}")
+    num_items, bits = codes.shape
+    num_bytes = -(-bits // 8)
+    ones = (codes > 0).astype(jnp.uint8)
+    ones = jnp.pad(ones, ((0, 0), (0, num_bytes * 8 - bits)))
+    grouped = ones.reshape(num_items, num_bytes, 8) * _BYTE_WEIGHTS
+    return jnp.sum(grouped, axis=2, dtype=jnp.uint8)
+
+
+@functools.partial(jax.jit, static_argnames=("bits",))
+def unpack_bits(packed, bits: int) -> jax.Array:
+    """Inverse of :func:`pack_bits`: uint8 [N, B] -> int8 ±1 [N, bits].
+
+    Args:
+      packed: uint8 [N, ceil(bits / 8)] as produced by :func:`pack_bits`.
+      bits: K, the number of code bits (static), 8 * (B - 1) < K <= 8 * B.
+    """
+    packed = jnp.asarray(packed)
+    if packed.ndim != 2 or packed.dtype != jnp.uint8:
+        raise ValueError(f"packed must be a 2-D uint8 array, got {packed.dtype}{packed.shape}")
+    num_bytes = packed.shape[1]
+    if not _is_int(bits) or not 8 * (num_bytes - 1) < bits <= 8 * num_bytes:
+        raise ValueError(f"bits must be an int in [{8 * (num_bytes - 1) + 1}, "
+                         f"{8 * num_bytes}] for {num_bytes} bytes per row, got {bits!r}")
+    bits = int(bits)
+    shifts = jnp.arange(7, -1, -1, dtype=jnp.uint8)
+    ones = (packed[:, :, None] >> shifts) & jnp.uint8(1)
+    ones = ones.reshape(packed.shape[0], num_bytes * 8)[:, :bits]
+    return (2 * ones.astype(jnp.int8) - 1).astype(jnp.int8)
