@@ -2,7 +2,8 @@
 
 Codes are int8 in {-1, +1} (``sign_pm``, never ``jnp.sign``).  The bank holds, for all
 N training items, the codes ``B`` [N, K] and the latest continuous outputs of the image
-head ``F`` [N, K] and the text head ``G`` [N, K].  With the target ``T = 2S - 1`` of a
+head ``F`` [N, K] and the text head ``G`` [N, K].  With the target
+``T = floor + (1 - floor) S`` (``floor = -1``: ``T = 2S - 1``) of a
 :class:`~fjsph_jax.similarity.JointSimilarity`, the code step minimises over B
 
     J(B) = alpha (||K T - B F^T||^2 + ||K T - B G^T||^2) + gamma (||B - F||^2 + ||B - G||^2)
@@ -118,22 +119,22 @@ def _check_weights(similarity_weight, quantization_weight):
             raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _linear_and_quadratic_terms(f_nk, g_nk, sim, alpha, gamma):
+def _linear_and_quadratic_terms(f_nk, g_nk, sim, alpha, gamma, floor):
     """``Q = alpha K T (F+G) + gamma (F+G)`` [N, K] and ``W = alpha (F^T F + G^T G)`` [K, K]."""
     bits = f_nk.shape[1]
     f_plus_g = f_nk + g_nk
-    q = alpha * bits * similarity_lib.apply_target(sim, f_plus_g) + gamma * f_plus_g
+    q = alpha * bits * similarity_lib.apply_target(sim, f_plus_g, floor=floor) + gamma * f_plus_g
     w = alpha * (jnp.matmul(f_nk.T, f_nk, precision=_PRECISION)
                  + jnp.matmul(g_nk.T, g_nk, precision=_PRECISION))
     return q, w
 
 
 @functools.partial(jax.jit, static_argnames=("num_sweeps",))
-def _discrete_code_step(bank, sim, alpha, gamma, num_sweeps):
+def _discrete_code_step(bank, sim, alpha, gamma, floor, num_sweeps):
     f, g = _outputs(bank)
     alpha = jnp.asarray(alpha, jnp.float32)
     gamma = jnp.asarray(gamma, jnp.float32)
-    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma)
+    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma, floor)
     # alpha == 0: W == 0 and the step is sign_pm(gamma (F + G)); use F + G itself so
     # that the result is exactly sign_pm(F + G) (no underflow of gamma * x to -0).
     q = jnp.where(alpha == 0, f + g, q)
@@ -156,7 +157,7 @@ def _discrete_code_step(bank, sim, alpha, gamma, num_sweeps):
 
 def discrete_code_step(bank: CodeBank, sim: similarity_lib.JointSimilarity, *,
                        similarity_weight: float, quantization_weight: float,
-                       num_sweeps: int = 1) -> jax.Array:
+                       num_sweeps: int = 1, floor: float = -1.0) -> jax.Array:
     """Discrete cyclic coordinate descent on B for J(B) (see the module docstring).
 
     Starting from ``bank.codes``, each sweep updates the bit columns k = 0..K-1 in turn,
@@ -183,13 +184,13 @@ def discrete_code_step(bank: CodeBank, sim: similarity_lib.JointSimilarity, *,
     if bank.image_outputs.shape[0] != sim.num_items:
         raise ValueError(f"bank has N={bank.image_outputs.shape[0]} items but sim has "
                          f"N={sim.num_items}")
-    return _discrete_code_step(bank, sim, similarity_weight, quantization_weight,
+    return _discrete_code_step(bank, sim, similarity_weight, quantization_weight, floor,
                                num_sweeps=int(num_sweeps))
 
 
 def code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
                    similarity_weight, quantization_weight,
-                   include_constant: bool = True) -> jax.Array:
+                   include_constant: bool = True, floor: float = -1.0) -> jax.Array:
     """J(B) computed from the low-rank factors (no N x N matrix).
 
         J(B) = -2 <B, Q> + <B^T B, W>
@@ -210,33 +211,35 @@ def code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
     """
     _check_weights(similarity_weight, quantization_weight)
     return _code_objective(codes, _outputs(bank_or_f_g), sim, similarity_weight,
-                           quantization_weight, include_constant=bool(include_constant))
+                           quantization_weight, floor,
+                           include_constant=bool(include_constant))
 
 
 @functools.partial(jax.jit, static_argnames=("include_constant",))
-def _code_objective(codes, f_g, sim, alpha, gamma, include_constant):
+def _code_objective(codes, f_g, sim, alpha, gamma, floor, include_constant):
     f, g = f_g
     b = jnp.asarray(codes, jnp.float32)
     alpha = jnp.asarray(alpha, jnp.float32)
     gamma = jnp.asarray(gamma, jnp.float32)
-    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma)
+    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma, floor)
     gram_b = jnp.matmul(b.T, b, precision=_PRECISION)
     value = -2.0 * jnp.sum(b * q) + jnp.sum(gram_b * w)
     if include_constant:
         bits = f.shape[1]
-        value += (2.0 * alpha * bits**2 * similarity_lib.target_squared_norm(sim)
+        value += (2.0 * alpha * bits**2 * similarity_lib.target_squared_norm(sim, floor=floor)
                   + gamma * (2.0 * jnp.trace(gram_b) + jnp.sum(f * f) + jnp.sum(g * g)))
     return value
 
 
 @jax.jit
 def dense_code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
-                         similarity_weight, quantization_weight) -> jax.Array:
+                         similarity_weight, quantization_weight,
+                         floor: float = -1.0) -> jax.Array:
     """J(B) evaluated literally with the dense target T [N, N].  Tests / small N only."""
     f, g = _outputs(bank_or_f_g)
     b = jnp.asarray(codes, jnp.float32)
     bits = f.shape[1]
-    target = bits * (2.0 * similarity_lib.dense_similarity(sim) - 1.0)
+    target = bits * (floor + (1.0 - floor) * similarity_lib.dense_similarity(sim))
     similarity_term = (jnp.sum((target - jnp.matmul(b, f.T, precision=_PRECISION)) ** 2)
                        + jnp.sum((target - jnp.matmul(b, g.T, precision=_PRECISION)) ** 2))
     quantization_term = jnp.sum((b - f) ** 2) + jnp.sum((b - g) ** 2)

@@ -72,18 +72,21 @@ def symmetric_infonce(image_emb_bd, text_emb_bd, log_logit_scale, *,
     return 0.5 * (image_to_text + text_to_image)
 
 
-def similarity_mse(h_a, h_b, s_ab) -> jax.Array:
+def similarity_mse(h_a, h_b, s_ab, *, floor: float = -1.0) -> jax.Array:
     """Inner products of codes regress the target similarity.
 
-        loss = mean_{a,b} (h_a[a] . h_b[b] / K - (2 s_ab - 1))^2
+        loss = mean_{a,b} (h_a[a] . h_b[b] / K - (floor + (1 - floor) s_ab))^2
+
+    ``floor`` is the target for unrelated pairs: -1 gives the usual ``2s - 1``
+    (opposite codes), 0 asks unrelated codes to be orthogonal (Hamming distance K/2).
 
     Args:
-      h_a: [A, K]; h_b: [B, K]; s_ab: [A, B] in [0, 1].
+      h_a: [A, K]; h_b: [B, K]; s_ab: [A, B] in [0, 1]; floor: in [-1, 1).
     Returns:
       float32 scalar.
     """
     inner, s_ab = _pair_logits(h_a, h_b, s_ab)
-    return jnp.mean((inner - (2.0 * s_ab - 1.0)) ** 2)
+    return jnp.mean((inner - (floor + (1.0 - floor) * s_ab)) ** 2)
 
 
 def similarity_likelihood(h_a, h_b, s_ab, *, scale: float = 5.0) -> jax.Array:

@@ -290,15 +290,20 @@ def similarity_rows_for_indices(sim: JointSimilarity, idx_b) -> jax.Array:
     return similarity_rows(sim, sim.label_factors[idx_b], sim.cluster_ids[:, idx_b])
 
 
-def apply_target(sim: JointSimilarity, x_nk) -> jax.Array:
-    """``T X`` for the target ``T = 2S - 1`` without forming T.
+def apply_target(sim: JointSimilarity, x_nk, *, floor: float = -1.0) -> jax.Array:
+    """``T X`` for the target ``T = floor + (1 - floor) S`` without forming T.
 
-        T X = 2 (1-eta) N_hat (N_hat^T X) + 2 eta sum_j w_j C_j (C_j^T X) - 1 (1^T X)
+    ``floor`` is the target for unrelated pairs (S = 0): -1 gives ``T = 2S - 1``
+    (unrelated codes opposite), 0 gives ``T = S`` (unrelated codes orthogonal).
+
+        T X = (1-floor) [(1-eta) N_hat (N_hat^T X) + eta sum_j w_j C_j (C_j^T X)]
+              + floor 1 (1^T X)
 
     ``C_j^T X`` is ``segment_sum(X, ids_j, k_j)`` [k_j, K] and ``C_j (.)`` a gather.
 
     Args:
       x_nk: [N, K].
+      floor: target value at S = 0, in [-1, 1).
     Returns:
       float32 [N, K].  Cost O(N K (C + m)) time, O(N K + sum_j k_j K) memory.
     """
@@ -317,14 +322,14 @@ def apply_target(sim: JointSimilarity, x_nk) -> jax.Array:
         cluster_sums = jax.ops.segment_sum(x, ids, num_segments=k)      # [k_j, K]
         cluster_term = cluster_term + sim.cluster_weights[j] * cluster_sums[ids]
     column_sums = jnp.sum(x, axis=0, keepdims=True)                      # [1, K]
-    return (2.0 * (1.0 - sim.eta) * label_term + 2.0 * sim.eta * cluster_term
-            - column_sums)
+    similarity_term = (1.0 - sim.eta) * label_term + sim.eta * cluster_term
+    return (1.0 - floor) * similarity_term + floor * column_sums
 
 
-def target_squared_norm(sim: JointSimilarity) -> jax.Array:
-    """``||T||_F^2`` for ``T = 2S - 1`` from the factors, without forming S.
+def target_squared_norm(sim: JointSimilarity, *, floor: float = -1.0) -> jax.Array:
+    """``||T||_F^2`` for ``T = floor + (1 - floor) S`` from the factors, without forming S.
 
-        ||T||^2 = 4 ||S||^2 - 4 1^T S 1 + N^2
+        ||T||^2 = (1-floor)^2 ||S||^2 + 2 floor (1-floor) 1^T S 1 + floor^2 N^2
         ||S||^2 = (1-eta)^2 ||N_hat^T N_hat||^2 + 2 eta (1-eta) sum_j w_j ||C_j^T N_hat||^2
                   + eta^2 sum_{i,j} w_i w_j ||C_i^T C_j||^2
         1^T S 1 = (1-eta) ||N_hat^T 1||^2 + eta sum_j w_j ||C_j^T 1||^2
@@ -351,7 +356,9 @@ def target_squared_norm(sim: JointSimilarity) -> jax.Array:
             joint_ids = ids_i * k_j + sim.cluster_ids[j]
             table = jax.ops.segment_sum(ones, joint_ids, num_segments=k_i * k_j)
             s_sq += eta**2 * weights[i] * weights[j] * jnp.sum(table**2)
-    return 4.0 * s_sq - 4.0 * s_sum + jnp.float32(num_items) ** 2
+    scale = 1.0 - floor
+    return (scale**2 * s_sq + 2.0 * floor * scale * s_sum
+            + floor**2 * jnp.float32(num_items) ** 2)
 
 
 def dense_similarity(sim: JointSimilarity) -> jax.Array:

@@ -24,13 +24,13 @@ def make_similarity(eta, seed=0):
         cluster_ks=similarity.ClusterSizes(KS))
 
 
-def numpy_target(sim):
-    """Dense T = 2S - 1 [N, N] in float64 from the definition."""
+def numpy_target(sim, floor=-1.0):
+    """Dense T = floor + (1 - floor) S [N, N] (default 2S - 1) in float64 from the definition."""
     factors = np.asarray(sim.label_factors, np.float64)
     eta = float(sim.eta)
     clustered = sum(w * (ids[:, None] == ids[None, :])
                     for w, ids in zip(WEIGHTS, np.asarray(sim.cluster_ids)))
-    return 2 * ((1 - eta) * factors @ factors.T + eta * clustered) - 1
+    return floor + (1 - floor) * ((1 - eta) * factors @ factors.T + eta * clustered)
 
 
 def numpy_objective(b, f, g, target, alpha, gamma):
@@ -108,15 +108,15 @@ def test_update_outputs_scatters_rows():
         codes_lib.update_outputs(bank, idx, image, text[:, :3])
 
 
-@pytest.mark.parametrize("eta", [0.3, 1.0])
-def test_discrete_code_step_equals_numpy_dcc(eta):
+@pytest.mark.parametrize("eta,floor", [(0.3, -1.0), (1.0, -1.0), (0.3, 0.0)])
+def test_discrete_code_step_equals_numpy_dcc(eta, floor):
     sim, bank = make_similarity(eta), random_bank()
     alpha, gamma = 1.0, 0.5
     got = codes_lib.discrete_code_step(bank, sim, similarity_weight=alpha,
-                                       quantization_weight=gamma, num_sweeps=3)
+                                       quantization_weight=gamma, num_sweeps=3, floor=floor)
     assert_pm_one_int8(got)
     expected = numpy_dcc(bank.codes, bank.image_outputs, bank.text_outputs,
-                         numpy_target(sim), alpha, gamma, num_sweeps=3)
+                         numpy_target(sim, floor), alpha, gamma, num_sweeps=3)
     np.testing.assert_array_equal(np.asarray(got), expected)
     assert np.any(expected != np.asarray(bank.codes))  # the step did something
 

@@ -58,6 +58,10 @@ def test_similarity_mse_equals_numpy():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="s_ab must have shape"):
         objectives.similarity_mse(H_A, H_B, S_AB.T)
+    orthogonal = np.mean((H_A @ H_B.T / K - S_AB) ** 2)  # floor 0: target S itself
+    np.testing.assert_allclose(
+        float(objectives.similarity_mse(H_A, H_B, S_AB, floor=0.0)), orthogonal, rtol=1e-6
+    )
 
 
 def test_similarity_likelihood_equals_numpy():

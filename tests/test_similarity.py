@@ -1,4 +1,5 @@
 """Tests for fjsph_jax.similarity: label normalisation, k-means, low-rank joint similarity."""
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -154,6 +155,13 @@ def test_low_rank_paths_equal_dense_formula(labels_and_sims, eta):
 
     got_norm = jax.jit(similarity.target_squared_norm)(sim)
     np.testing.assert_allclose(float(got_norm), np.sum(target**2), rtol=1e-5)
+
+    for floor in (0.0, -0.5):  # T = floor + (1 - floor) S
+        target = floor + (1 - floor) * dense
+        got = jax.jit(functools.partial(similarity.apply_target, floor=floor))(sim, x)
+        np.testing.assert_allclose(np.asarray(got), target @ x, rtol=1e-5, atol=1e-4)
+        got_norm = similarity.target_squared_norm(sim, floor=floor)
+        np.testing.assert_allclose(float(got_norm), np.sum(target**2), rtol=1e-5)
 
 
 def test_apply_target_rejects_wrong_rows(labels_and_sims):

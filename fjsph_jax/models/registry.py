@@ -1,7 +1,7 @@
 """Named encoder presets, chosen by string from configs (e.g. config.model.vision = 'vit_tiny').
 
-Vision: 'vit_tiny' (embedded demo, 32 px), CLIP 'vit_b32', 'vit_b16', 'vit_l14' (224 px).
-Text: 'text_tiny' (demo), CLIP 'text_base' (pairs with vit_b32/vit_b16), CLIP 'text_large'
+Vision: 'vit_micro' (tests), 'vit_tiny' (embedded demo, 32 px), CLIP 'vit_b32', 'vit_b16', 'vit_l14' (224 px).
+Text: 'text_micro' (tests), 'text_tiny' (demo), CLIP 'text_base' (pairs with vit_b32/vit_b16), CLIP 'text_large'
 (pairs with vit_l14), FLIP-style 'bert_base' (BERT WordPiece vocabulary, bidirectional,
 pooled at token 0).
 """
@@ -14,6 +14,10 @@ from fjsph_jax.models.text import TextConfig
 from fjsph_jax.models.vit import ViTConfig
 
 VISION_PRESETS: Mapping[str, ViTConfig] = {
+    # One block, for tests: the smallest tower that exercises every code path.
+    "vit_micro": ViTConfig(
+        image_size=32, patch_size=8, width=32, layers=1, heads=2, mlp_dim=64, output_dim=32, act="gelu"
+    ),
     "vit_tiny": ViTConfig(
         image_size=32, patch_size=4, width=96, layers=3, heads=3, mlp_dim=384, output_dim=64, act="gelu"
     ),
@@ -29,6 +33,10 @@ VISION_PRESETS: Mapping[str, ViTConfig] = {
 }
 
 TEXT_PRESETS: Mapping[str, TextConfig] = {
+    "text_micro": TextConfig(
+        vocab_size=128, context_length=12, width=32, layers=1, heads=2, mlp_dim=64, output_dim=32,
+        act="gelu", causal=True, pool="last",
+    ),
     "text_tiny": TextConfig(
         vocab_size=512, context_length=24, width=64, layers=2, heads=2, mlp_dim=256, output_dim=64,
         act="gelu", causal=True, pool="last",

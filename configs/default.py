@@ -1,0 +1,93 @@
+"""Embedded demo: FJSPH end to end on the procedurally generated synthetic scenes.
+
+`python launch/train.py` uses this file when no `--config` is given. It trains a
+tiny FLIP-style ViT and text transformer from scratch on 32x32 multi-object scenes,
+fast on a 2-core CPU. Every number the code uses lives here; override any of them
+with `--config.a.b=value`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.bits = 32
+
+    # ---- data -------------------------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "synthetic"  # synthetic | mirflickr | nuswide | coco
+    config.data.manual_dir = ""  # where a real dataset's files live
+    config.data.num_items = 6000  # synthetic only
+    config.data.image_size = 32  # synthetic scenes are rendered at this size
+    config.data.num_query = 1000
+    config.data.num_train = 4000
+    config.data.split_seed = 0
+    config.data.context_length = 24  # text tokens, incl. bos/eos
+    config.data.image_mean = (0.5, 0.5, 0.5)  # per-channel normalisation on device
+    config.data.image_std = (0.5, 0.5, 0.5)
+
+    # ---- model ------------------------------------------------------------
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "fjsph"
+    config.model.vision = "vit_tiny"  # preset in fjsph_jax.models.registry
+    config.model.text = "text_tiny"
+    config.model.feature_dim = 64  # encoder projection dim (contrastive space)
+    config.model.hash_hidden_dim = 256
+    config.model.interaction = "transformer"  # none | transformer
+    config.model.interaction_layers = 1
+    config.model.interaction_heads = 2
+    config.model.mask_ratio = 0.25  # FLIP patch masking during training
+    config.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+
+    # ---- initialisation (pretrained towers) -------------------------------
+    config.init = ml_collections.ConfigDict()
+    config.init.checkpoint = ""  # path to a pretrained CLIP/FLIP checkpoint
+
+    # ---- training ---------------------------------------------------------
+    config.train = ml_collections.ConfigDict()
+    config.train.mode = "end_to_end"  # end_to_end | frozen_encoder
+    config.train.global_batch_size = 128
+    config.train.num_epochs = 24
+    config.train.learning_rate = 2e-3
+    config.train.encoder_learning_rate = 1e-3  # used for the towers in end_to_end mode
+    config.train.warmup_steps = 100
+    config.train.weight_decay = 0.05
+    config.train.grad_clip_norm = 1.0
+    config.train.log_every_steps = 20
+    config.train.checkpoint_every_steps = 200
+    config.train.max_checkpoints_to_keep = 2
+    config.train.max_steps = -1  # -1: num_epochs * steps_per_epoch
+
+    # ---- objective --------------------------------------------------------
+    config.loss = ml_collections.ConfigDict()
+    config.loss.similarity_form = "mse"  # mse | likelihood
+    # Target code similarity of unrelated pairs (S = 0): T = floor + (1 - floor) S.
+    # -1: opposite codes (T = 2S - 1); 0: orthogonal codes (Hamming distance K/2).
+    config.loss.similarity_floor = -1.0
+    config.loss.likelihood_scale = 8.0
+    config.loss.contrastive_weight = 0.5
+    config.loss.similarity_weight = 1.0  # in-batch image-text term
+    config.loss.bank_similarity_weight = 1.0  # image-bank and text-bank terms
+    config.loss.quantization_weight = 0.5
+    config.loss.balance_weight = 0.1
+    config.loss.fused_weight = 0.5  # weight of the fusion-head terms
+    config.loss.eta = 0.3  # S = (1 - eta) S_sample + eta S_cluster
+    config.loss.cluster_ks = (8, 16, 32)  # k-means granularities over labels
+    config.loss.cluster_weights = ()  # empty: uniform
+    config.loss.kmeans_iters = 50
+
+    # ---- discrete code bank ----------------------------------------------
+    config.codes = ml_collections.ConfigDict()
+    config.codes.update_every_steps = -1  # -1: once per epoch
+    config.codes.similarity_weight = 1.0  # alpha in the DCC objective
+    config.codes.quantization_weight = 1.0  # gamma
+    config.codes.num_sweeps = 2
+
+    # ---- evaluation -------------------------------------------------------
+    config.eval = ml_collections.ConfigDict()
+    config.eval.batch_size = 500
+    config.eval.top_k = 100  # MAP@K next to MAP@all
+    config.eval.precision_ns = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
+    config.eval.query_chunk = 256
+    return config

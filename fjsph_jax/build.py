@@ -1,0 +1,104 @@
+"""Config -> model and optimiser: the one place that reads model and optimiser keys.
+
+Model: :class:`fjsph_jax.models.fjsph.FJSPH` with towers chosen by preset name
+(``config.model.vision``, ``config.model.text``) and resized to the data
+(``image_size``, ``context_length``, ``vocab_size``) and to ``feature_dim``.
+
+Optimiser: AdamW with linear warm-up then cosine decay, global-norm clipping, weight
+decay only on matrices (ndim >= 2), and two learning rates through
+``optax.multi_transform``: ``encoder_learning_rate`` for the towers (fine-tuned in
+end-to-end mode) and ``learning_rate`` for everything else (interaction block, hash
+heads, temperature).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from fjsph_jax.models import registry
+from fjsph_jax.models.fjsph import FJSPH, FJSPHConfig
+
+# Attribute names of the two towers inside FJSPH: their parameters get the encoder LR.
+ENCODER_ATTRS = ("vision", "text")
+
+
+def compute_dtype(config):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+
+
+def tower_configs(config, vocab_size: int):
+    """The ViT and text-transformer configs the experiment config asks for."""
+    vision = registry.vision_config(
+        config.model.vision, image_size=config.data.image_size, output_dim=config.model.feature_dim
+    )
+    text = registry.text_config(
+        config.model.text,
+        vocab_size=vocab_size,
+        context_length=config.data.context_length,
+        output_dim=config.model.feature_dim,
+    )
+    return vision, text
+
+
+def model_config(config, vocab_size: int, *, with_encoders: bool) -> FJSPHConfig:
+    """FJSPH config; ``with_encoders=False`` is the frozen-encoder (heads only) model."""
+    vision, text = tower_configs(config, vocab_size)
+    return FJSPHConfig(
+        vision=vision if with_encoders else None,
+        text=text if with_encoders else None,
+        feature_dim=config.model.feature_dim,
+        bits=config.bits,
+        hash_hidden_dim=config.model.hash_hidden_dim,
+        interaction=config.model.interaction,
+        interaction_layers=config.model.interaction_layers,
+        interaction_heads=config.model.interaction_heads,
+    )
+
+
+def build_model(config, vocab_size: int, *, with_encoders: bool, seed: int) -> FJSPH:
+    return FJSPH(
+        model_config(config, vocab_size, with_encoders=with_encoders),
+        rngs=nnx.Rngs(seed),
+        dtype=compute_dtype(config),
+    )
+
+
+def param_labels(params: nnx.State):
+    """``'encoder'`` for tower parameters, ``'head'`` for the rest (same tree as params)."""
+
+    def label(path, _):
+        return (
+            "encoder" if path and str(getattr(path[0], "key", path[0])) in ENCODER_ATTRS else "head"
+        )
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def _adamw(config, peak_lr: float, total_steps: int):
+    warmup = min(config.train.warmup_steps, max(total_steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak_lr,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=peak_lr * 0.01,
+    )
+    decay_mask = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)  # noqa: E731
+    return optax.adamw(schedule, weight_decay=config.train.weight_decay, mask=decay_mask)
+
+
+def build_optimizer(config, params: nnx.State, total_steps: int) -> optax.GradientTransformation:
+    """Clipped AdamW with per-group learning rates (see module docstring)."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.train.grad_clip_norm),
+        optax.multi_transform(
+            {
+                "encoder": _adamw(config, config.train.encoder_learning_rate, total_steps),
+                "head": _adamw(config, config.train.learning_rate, total_steps),
+            },
+            param_labels(params),
+        ),
+    )

@@ -1,0 +1,41 @@
+"""Deterministic shuffled batches over the training rows.
+
+The batch of step ``s`` is a pure function of ``(seed, s)``: epoch ``e = s // E`` with
+``E = N // B`` steps per epoch (the last partial batch of an epoch is dropped) uses the
+permutation ``perm_e = Generator(seed, e).permutation(N)`` and takes rows
+``perm_e[(s mod E) B : (s mod E + 1) B]``. So the data position saved in a checkpoint
+is just the step, and a resumed run sees exactly the batches an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class EpochBatcher:
+    """Global-batch row indices for any training step, ``[B]`` int64 in ``[0, N)``."""
+
+    def __init__(self, num_items: int, global_batch_size: int, seed: int):
+        if global_batch_size <= 0 or global_batch_size > num_items:
+            raise ValueError(
+                f"global_batch_size={global_batch_size} must be in [1, {num_items}]"
+                " (the number of training items)"
+            )
+        self.num_items = num_items
+        self.batch_size = global_batch_size
+        self.seed = seed
+        self.steps_per_epoch = num_items // global_batch_size
+        self._epoch = -1
+        self._perm = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = rng.permutation(self.num_items)
+            self._epoch = epoch
+        return self._perm
+
+    def indices(self, step: int) -> np.ndarray:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        start = within * self.batch_size
+        return self._permutation(epoch)[start : start + self.batch_size]

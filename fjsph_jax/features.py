@@ -1,0 +1,91 @@
+"""Frozen-encoder mode: tower features computed once per dataset and cached.
+
+FLIP serves as a fixed feature extractor: every item's image and text feature
+(``[N, D]`` float32 each, the towers' projected outputs without masking) is computed
+once, saved to ``<workdir>/features-<fingerprint>.npz`` and reused by later runs
+and by evaluation. Only the interaction block and the hash heads then train, which
+is fast even on a CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from fjsph_jax import parallel
+from fjsph_jax.data.preprocess import normalize_images
+
+
+def features_fingerprint(config, num_items: int) -> str:
+    """Hash of what determines the features: towers, data, seed, initial checkpoint."""
+    keys = {
+        "model": {k: config.model[k] for k in ("vision", "text", "feature_dim", "dtype")},
+        "data": config.data.to_dict(),
+        "seed": config.seed,
+        "checkpoint": config.init.checkpoint,
+        "num_items": num_items,
+    }
+    return hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compute_features(
+    encoder_model, inputs: Mapping[str, np.ndarray], *, image_mean, image_std, batch_size: int, mesh
+) -> dict[str, np.ndarray]:
+    """``{'image_features': [N, D], 'text_features': [N, D]}`` of every item in ``inputs``.
+
+    ``inputs`` holds ``images`` uint8 [N, H, W, 3], ``input_ids`` and
+    ``attention_mask`` [N, L]; batches are padded to one size and split over the mesh.
+    """
+    graphdef, params = nnx.split(encoder_model)
+    params = parallel.put_replicated(params, mesh)
+
+    @jax.jit
+    def encode(params, batch):
+        model = nnx.merge(graphdef, params)
+        pixels = normalize_images(batch["images"], image_mean, image_std)
+        return (
+            model.image_features(pixels),
+            model.text_features(batch["input_ids"], batch["attention_mask"]),
+        )
+
+    devices = parallel.num_data_shards(mesh)
+    padded = -(-batch_size // devices) * devices
+    num_items = len(inputs["images"])
+    images, texts = [], []
+    for start in range(0, num_items, padded):
+        rows = np.arange(start, min(start + padded, num_items))
+        take = np.concatenate([rows, np.repeat(rows[-1:], padded - len(rows))])
+        local = {
+            k: inputs[k][take[parallel.host_slice(padded)]]
+            for k in ("images", "input_ids", "attention_mask")
+        }
+        img, txt = encode(params, parallel.global_batch(local, mesh))
+        img, txt = multihost_utils.process_allgather((img, txt), tiled=True)
+        images.append(np.asarray(img, np.float32)[: len(rows)])
+        texts.append(np.asarray(txt, np.float32)[: len(rows)])
+    return {"image_features": np.concatenate(images), "text_features": np.concatenate(texts)}
+
+
+def cached_features(path: str, compute) -> dict[str, np.ndarray]:
+    """Loads ``path`` if present (and readable), else calls ``compute()`` and saves it."""
+    if os.path.exists(path):
+        try:
+            with np.load(path) as data:
+                logging.info("using cached tower features %s", path)
+                return {k: data[k] for k in ("image_features", "text_features")}
+        except (OSError, ValueError, KeyError) as e:
+            logging.warning("feature cache %s is unreadable (%s): recomputing it", path, e)
+    features = compute()
+    if jax.process_index() == 0:
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, **features)
+        os.replace(tmp, path)
+    return features

@@ -1,0 +1,242 @@
+"""The FJSPH training step: one jitted function over the device mesh.
+
+For a global batch of B training pairs with training-set rows ``idx`` [B]:
+
+    f_img, f_txt = image_tower(x, FLIP mask), text_tower(t)          [B, D]
+    u, v         = tanh-hash heads of f_img, f_txt                   [B, K]
+    z            = fused hash of (f_img, f_txt) (interaction block)  [B, K] (optional)
+    S_pair       = S(idx, idx)       [B, B]   joint label similarity within the batch
+    S_bank       = S(idx, :)         [B, N]   rows against the whole training set
+    B            = unified code bank [N, K]   in {-1, +1}
+
+    L = w_con   InfoNCE(f_img, f_txt; learnable temperature)
+      + w_sim   sim(u, v; S_pair)
+      + a w_bank (sim(u, B; S_bank) + sim(v, B; S_bank)) / 2
+      + a w_q   (||u - B_idx||^2 + ||v - B_idx||^2) / 2
+      + w_bal   (balance(u) + balance(v)) / 2
+      + w_fused (sim(z, z; S_pair) + a ||z - B_idx||^2)
+
+``sim`` is :func:`objectives.similarity_mse` or :func:`objectives.similarity_likelihood`
+(``config.loss.similarity_form``); ``a`` (``bank_active``) is 0 until the first discrete
+code update has replaced the random initial bank, then 1. S is never materialised
+beyond ``[B, N]``: its rows come from the low-rank factors in ``JointSimilarity``.
+
+After the gradient step the batch's continuous outputs ``u, v`` are written into the
+bank's ``F, G`` rows; every ``update_every`` steps :func:`code_update` recomputes ``B``
+by discrete cyclic coordinate descent (``codes.discrete_code_step``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from fjsph_jax import codes as codes_lib
+from fjsph_jax import objectives, similarity
+from fjsph_jax.data.preprocess import normalize_images
+
+
+class TrainState(NamedTuple):
+    """Everything a resumed run needs (a pytree; saved whole by orbax)."""
+
+    params: Any  # nnx.State of the model's Params, replicated
+    opt_state: Any  # optax state, replicated
+    bank: codes_lib.CodeBank  # B, F, G: [N, K] rows sharded over 'data'
+    step: jax.Array  # int32 scalar: completed steps (= the data position)
+    rng: jax.Array  # uint32 [2] base key; step keys are fold_in(rng, step)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """Static hyper-parameters of the step (hashable: part of the jit cache key)."""
+
+    end_to_end: bool
+    mask_ratio: float
+    image_mean: tuple
+    image_std: tuple
+    similarity_form: str
+    similarity_floor: float
+    likelihood_scale: float
+    contrastive_weight: float
+    similarity_weight: float
+    bank_similarity_weight: float
+    quantization_weight: float
+    balance_weight: float
+    fused_weight: float
+
+    @classmethod
+    def from_config(cls, config) -> "StepSettings":
+        loss = config.loss
+        return cls(
+            end_to_end=config.train.mode == "end_to_end",
+            mask_ratio=float(config.model.mask_ratio),
+            image_mean=tuple(config.data.image_mean),
+            image_std=tuple(config.data.image_std),
+            similarity_form=loss.similarity_form,
+            similarity_floor=float(loss.similarity_floor),
+            likelihood_scale=float(loss.likelihood_scale),
+            contrastive_weight=float(loss.contrastive_weight),
+            similarity_weight=float(loss.similarity_weight),
+            bank_similarity_weight=float(loss.bank_similarity_weight),
+            quantization_weight=float(loss.quantization_weight),
+            balance_weight=float(loss.balance_weight),
+            fused_weight=float(loss.fused_weight),
+        )
+
+    def similarity_loss(self, h_a, h_b, s_ab):
+        if self.similarity_form == "likelihood":
+            return objectives.similarity_likelihood(h_a, h_b, s_ab, scale=self.likelihood_scale)
+        return objectives.similarity_mse(h_a, h_b, s_ab, floor=self.similarity_floor)
+
+
+def tower_features(model, batch: dict, settings: StepSettings, mask_key, *, train: bool):
+    """Encoder features ``[B, D]`` of both modalities (cached features in frozen mode)."""
+    if not settings.end_to_end:
+        return batch["image_features"], batch["text_features"]
+    pixels = normalize_images(batch["images"], settings.image_mean, settings.image_std)
+    mask_ratio = settings.mask_ratio if train else 0.0
+    image = model.image_features(pixels, mask_ratio=mask_ratio, mask_key=mask_key)
+    text = model.text_features(batch["input_ids"], batch["attention_mask"])
+    return image, text
+
+
+def loss_terms(
+    model,
+    batch: dict,
+    bank: codes_lib.CodeBank,
+    sim: similarity.JointSimilarity,
+    bank_active,
+    settings: StepSettings,
+    mask_key,
+):
+    """All loss terms (dict of scalars) plus the batch's hash outputs ``u, v`` [B, K]."""
+    idx = batch["index"]
+    f_img, f_txt = tower_features(model, batch, settings, mask_key, train=True)
+    u = model.hash_image(f_img)
+    v = model.hash_text(f_txt)
+    z = model.fuse(f_img, f_txt)
+
+    s_bank = similarity.similarity_rows_for_indices(sim, idx)  # [B, N]
+    s_pair = jnp.take(s_bank, idx, axis=1)  # [B, B]
+    bank_codes = bank.codes.astype(jnp.float32)  # [N, K]
+    batch_codes = jnp.take(bank_codes, idx, axis=0)  # [B, K]
+
+    terms = {
+        "contrastive": objectives.symmetric_infonce(f_img, f_txt, model.logit_scale[...]),
+        "similarity": settings.similarity_loss(u, v, s_pair),
+        "bank_similarity": 0.5
+        * (
+            settings.similarity_loss(u, bank_codes, s_bank)
+            + settings.similarity_loss(v, bank_codes, s_bank)
+        ),
+        "quantization": 0.5
+        * (
+            objectives.quantization_loss(u, batch_codes)
+            + objectives.quantization_loss(v, batch_codes)
+        ),
+        "balance": 0.5 * (objectives.bit_balance_loss(u) + objectives.bit_balance_loss(v)),
+    }
+    if z is not None:
+        terms["fused"] = settings.similarity_loss(
+            z, z, s_pair
+        ) + bank_active * objectives.quantization_loss(z, batch_codes)
+    return terms, u, v
+
+
+def total_loss(terms: dict, bank_active, settings: StepSettings):
+    total = (
+        settings.contrastive_weight * terms["contrastive"]
+        + settings.similarity_weight * terms["similarity"]
+        + bank_active * settings.bank_similarity_weight * terms["bank_similarity"]
+        + bank_active * settings.quantization_weight * terms["quantization"]
+        + settings.balance_weight * terms["balance"]
+    )
+    if "fused" in terms:
+        total = total + settings.fused_weight * terms["fused"]
+    return total
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    sim: similarity.JointSimilarity,
+    bank_active,
+    *,
+    graphdef,
+    optimizer: optax.GradientTransformation,
+    settings: StepSettings,
+) -> tuple[TrainState, dict]:
+    """One optimisation step on a global batch; returns the new state and scalar metrics.
+
+    Pure: jit it with ``graphdef``, ``optimizer`` and ``settings`` static (see
+    :func:`make_train_step`). ``bank_active`` is a float32 scalar (0. or 1.).
+    """
+    mask_key = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params)
+        terms, u, v = loss_terms(model, batch, state.bank, sim, bank_active, settings, mask_key)
+        temperature = jnp.exp(-model.logit_scale[...])
+        return total_loss(terms, bank_active, settings), (terms, u, v, temperature)
+
+    (loss, (terms, u, v, temperature)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    bank = codes_lib.update_outputs(
+        state.bank, batch["index"], jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+    )
+    metrics = {
+        "loss": loss,
+        **terms,
+        "grad_norm": optax.tree.norm(grads),
+        "temperature": temperature,
+    }
+    new_state = TrainState(
+        params=params, opt_state=opt_state, bank=bank, step=state.step + 1, rng=state.rng
+    )
+    return new_state, metrics
+
+
+def make_train_step(graphdef, optimizer, settings: StepSettings, state_shardings, replicated):
+    """``jax.jit`` of :func:`train_step` with the state donated and its shardings kept."""
+
+    def step(state, batch, sim, bank_active):
+        return train_step(
+            state,
+            batch,
+            sim,
+            bank_active,
+            graphdef=graphdef,
+            optimizer=optimizer,
+            settings=settings,
+        )
+
+    return jax.jit(step, donate_argnums=(0,), out_shardings=(state_shardings, replicated))
+
+
+def code_update(
+    bank: codes_lib.CodeBank,
+    sim: similarity.JointSimilarity,
+    *,
+    similarity_weight: float,
+    quantization_weight: float,
+    num_sweeps: int,
+    floor: float,
+) -> codes_lib.CodeBank:
+    """B <- discrete DCC step of the joint objective on the current F, G banks."""
+    new_codes = codes_lib.discrete_code_step(
+        bank,
+        sim,
+        similarity_weight=similarity_weight,
+        quantization_weight=quantization_weight,
+        num_sweeps=num_sweeps,
+        floor=floor,
+    )
+    return bank._replace(codes=new_codes)

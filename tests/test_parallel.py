@@ -1,0 +1,53 @@
+"""Sharding rules: batches over 'data', parameters replicated, bank rows split over N."""
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from fjsph_jax import parallel
+
+
+def test_mesh_over_all_devices():
+    mesh = parallel.make_mesh()
+    assert mesh.axis_names == ("data",)
+    assert parallel.num_data_shards(mesh) == len(jax.devices()) == 8
+
+
+def test_rows_sharding_splits_when_divisible_else_replicates():
+    mesh = parallel.make_mesh()
+    assert parallel.rows_sharding(mesh, 64).spec == P("data")
+    assert parallel.rows_sharding(mesh, 63).spec == P()
+
+
+def test_global_batch_places_rows_over_devices():
+    mesh = parallel.make_mesh()
+    local = {"x": np.arange(16 * 3, dtype=np.float32).reshape(16, 3)}
+    batch = parallel.global_batch(local, mesh)
+    assert batch["x"].shape == (16, 3)
+    assert len(batch["x"].addressable_shards) == 8
+    assert batch["x"].addressable_shards[1].data.shape == (2, 3)
+    np.testing.assert_array_equal(np.asarray(batch["x"]), local["x"])
+
+
+def test_check_global_batch():
+    mesh = parallel.make_mesh()
+    parallel.check_global_batch(32, mesh)
+    with pytest.raises(ValueError, match="multiple of the device count 8"):
+        parallel.check_global_batch(12, mesh)
+
+
+def test_host_slice_single_process_is_everything():
+    assert parallel.host_slice(32) == slice(0, 32)
+
+
+def test_no_distributed_init_without_cluster_env(monkeypatch):
+    for var in (
+        "JAX_COORDINATOR_ADDRESS",
+        "SLURM_JOB_ID",
+        "OMPI_COMM_WORLD_SIZE",
+        "TPU_WORKER_HOSTNAMES",
+        "MEGASCALE_COORDINATOR_ADDRESS",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    assert parallel.maybe_initialize_distributed() is False

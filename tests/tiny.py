@@ -1,0 +1,42 @@
+"""A tiny experiment config for tests: seconds per run on CPU, same code paths as the demo."""
+
+import os
+import sys
+
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+)
+import default  # noqa: E402
+
+
+def tiny_config(**overrides):
+    """configs/default.py shrunk: 256 items, 64 train, batch 16, 4+ steps; dotted overrides."""
+    config = default.get_config()
+    config.data.num_items = 256
+    config.data.num_query = 32
+    config.data.num_train = 64
+    config.data.context_length = 12
+    config.model.vision = "vit_micro"
+    config.model.text = "text_micro"
+    config.model.feature_dim = 32
+    config.model.hash_hidden_dim = 32
+    config.bits = 16
+    config.train.global_batch_size = 16
+    config.train.num_epochs = 2
+    config.train.warmup_steps = 2
+    config.train.log_every_steps = 2
+    config.train.checkpoint_every_steps = 4
+    config.loss.cluster_ks = (4, 8)
+    config.loss.kmeans_iters = 10
+    config.codes.update_every_steps = 3
+    config.eval.batch_size = 64
+    config.eval.top_k = 20
+    config.eval.precision_ns = (1, 5, 20)
+    config.eval.query_chunk = 16
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
