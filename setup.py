@@ -19,8 +19,15 @@ setup(
         "numpy>=1.26",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "transformers>=4.40",
+        "tokenizers>=0.15",
+        "safetensors>=0.4",
     ],
     extras_require={
         "test": ["pytest>=8"],
+        # PyTorch only reads .pt/.bin checkpoints and runs the parity tests. Install a CPU
+        # build explicitly first (e.g. `pip install torch==2.13.0`): an unpinned torch can
+        # pull a multi-GB CUDA build.
+        "torch": ["torch>=2.4"],
     },
 )
