@@ -22,6 +22,13 @@ setup(
         "transformers>=4.40",
         "tokenizers>=0.15",
         "safetensors>=0.4",
+        "tensorflow-datasets>=4.9.6",
+        "grain>=0.2",
+        "array_record>=0.5",
+        "etils",
+        "pillow>=10",
+        "scipy>=1.10",
+        "h5py>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8"],

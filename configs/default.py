@@ -23,6 +23,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.num_query = 1000
     config.data.num_train = 4000
     config.data.split_seed = 0
+    config.data.split_protocol = "random"  # random | permutation (DCHMT/MITH) | small
+    config.data.data_dir = ""  # built datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    config.data.image_root = ""  # where .mat layouts' absolute image paths are re-rooted
+    config.data.min_tag_count = 20  # MIRFlickr official zips: keep tags used >= this often
+    config.data.caption = "first"  # COCO: first | random | an index
+    config.data.resize = "center_crop"  # center_crop | squash
     config.data.context_length = 24  # text tokens, incl. bos/eos
     config.data.image_mean = (0.5, 0.5, 0.5)  # per-channel normalisation on device
     config.data.image_std = (0.5, 0.5, 0.5)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from fjsph_jax.configuration import ConfigError
 from fjsph_jax.models import registry
 from fjsph_jax.models.fjsph import FJSPH, FJSPHConfig
 
@@ -29,10 +30,38 @@ def compute_dtype(config):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
 
 
-def tower_configs(config, vocab_size: int):
-    """The ViT and text-transformer configs the experiment config asks for."""
+def load_pretrained_towers(config):
+    """The checkpoint ``config.init.checkpoint`` names (configs, weights, tokenizer), or None.
+
+    Accepts every format ``fjsph_jax.weights.load_towers`` reads: a transformers CLIP
+    directory, an OpenAI/OpenCLIP state-dict file, a FLIP t5x checkpoint, or a directory
+    written by ``launch/convert.py``.
+    """
+    if not config.init.checkpoint:
+        return None
+    from fjsph_jax import weights  # deferred: the importers pull in transformers
+
+    return weights.load_towers(config.init.checkpoint)
+
+
+def tower_configs(config, vocab_size: int, towers=None):
+    """The ViT and text-transformer configs: the checkpoint's, or presets resized to the data."""
+    if towers is not None:
+        from fjsph_jax import weights
+
+        vision, text = weights.fjsph_tower_configs(
+            towers, image_size=config.data.image_size, context_length=config.data.context_length
+        )
+        if vision.output_dim != config.model.feature_dim:
+            raise ConfigError(
+                f"config.model.feature_dim={config.model.feature_dim} must equal the projection "
+                f"dim {vision.output_dim} of config.init.checkpoint={config.init.checkpoint!r}"
+            )
+        return vision, text
     vision = registry.vision_config(
-        config.model.vision, image_size=config.data.image_size, output_dim=config.model.feature_dim
+        config.model.vision,
+        image_size=config.data.image_size,
+        output_dim=config.model.feature_dim,
     )
     text = registry.text_config(
         config.model.text,
@@ -43,9 +72,9 @@ def tower_configs(config, vocab_size: int):
     return vision, text
 
 
-def model_config(config, vocab_size: int, *, with_encoders: bool) -> FJSPHConfig:
+def model_config(config, vocab_size: int, *, with_encoders: bool, towers=None) -> FJSPHConfig:
     """FJSPH config; ``with_encoders=False`` is the frozen-encoder (heads only) model."""
-    vision, text = tower_configs(config, vocab_size)
+    vision, text = tower_configs(config, vocab_size, towers)
     return FJSPHConfig(
         vision=vision if with_encoders else None,
         text=text if with_encoders else None,
@@ -58,12 +87,18 @@ def model_config(config, vocab_size: int, *, with_encoders: bool) -> FJSPHConfig
     )
 
 
-def build_model(config, vocab_size: int, *, with_encoders: bool, seed: int) -> FJSPH:
-    return FJSPH(
-        model_config(config, vocab_size, with_encoders=with_encoders),
+def build_model(config, vocab_size: int, *, with_encoders: bool, seed: int, towers=None) -> FJSPH:
+    """FJSPH as the config says; towers (and temperature) copied from ``towers`` if given."""
+    model = FJSPH(
+        model_config(config, vocab_size, with_encoders=with_encoders, towers=towers),
         rngs=nnx.Rngs(seed),
         dtype=compute_dtype(config),
     )
+    if towers is not None and with_encoders:
+        from fjsph_jax import weights
+
+        weights.init_fjsph_from_pretrained(model, towers)
+    return model
 
 
 def param_labels(params: nnx.State):

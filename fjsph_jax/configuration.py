@@ -14,6 +14,8 @@ TRAIN_MODES = ("end_to_end", "frozen_encoder")
 INTERACTIONS = ("none", "transformer")
 SIMILARITY_FORMS = ("mse", "likelihood")
 DTYPES = ("float32", "bfloat16")
+SPLIT_PROTOCOLS = ("random", "permutation", "small")
+RESIZE_MODES = ("center_crop", "squash")
 
 
 class ConfigError(ValueError):
@@ -57,6 +59,14 @@ def validate_config(config, num_devices: int) -> None:
     _choice("config.model.interaction", config.model.interaction, INTERACTIONS)
     _choice("config.model.dtype", config.model.dtype, DTYPES)
     _choice("config.train.mode", config.train.mode, TRAIN_MODES)
+    _choice("config.data.split_protocol", config.data.split_protocol, SPLIT_PROTOCOLS)
+    _choice("config.data.resize", config.data.resize, RESIZE_MODES)
+    caption = config.data.caption
+    if caption not in ("first", "random") and not str(caption).isdigit():
+        raise ConfigError(
+            f"config.data.caption={caption!r} is not supported; allowed: 'first', 'random' "
+            "or a caption index such as '2'"
+        )
     _choice("config.loss.similarity_form", config.loss.similarity_form, SIMILARITY_FORMS)
     _in_range("config.model.mask_ratio", config.model.mask_ratio, 0.0, 1.0, high_open=True)
     _in_range("config.loss.eta", config.loss.eta, 0.0, 1.0, high_open=False)

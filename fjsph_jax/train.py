@@ -62,27 +62,39 @@ def _progress(total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
 
 
-def prepare_inputs(config, workdir: str, mesh):
+def prepare_inputs(config, workdir: str, mesh, towers=None):
     """Dataset, splits, tokenizer and the per-item model inputs (numpy, all rows).
 
-    Returns ``(dataset, splits, tokenizer, inputs)`` where ``inputs`` maps names to
-    ``[N_all, ...]`` arrays: images / input_ids / attention_mask end to end, or the
-    cached tower features in frozen-encoder mode.
+    Returns ``(dataset, splits, tokenizer, vocab_size, inputs)`` where ``inputs`` maps
+    names to ``[N_all, ...]`` arrays: images / input_ids / attention_mask end to end, or
+    the cached tower features in frozen-encoder mode. With pretrained ``towers`` the
+    checkpoint's tokenizer and vocabulary are used; otherwise a word tokenizer is built
+    from the training texts and saved to ``<workdir>/tokenizer.json``.
     """
     os.makedirs(workdir, exist_ok=True)
+    if towers is not None:
+        from fjsph_jax import weights
+
+        tokenizer = towers.tokenizer or weights.require_tokenizer(config.init.checkpoint)
     dataset = load_dataset(config.data, seed=config.seed)
     splits = load_splits(config.data, dataset)
-    tokenizer = WordTokenizer.from_texts([dataset.texts[i] for i in splits.train])
-    if jax.process_index() == 0:
-        tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+    if towers is None:
+        tokenizer = WordTokenizer.from_texts([dataset.texts[i] for i in splits.train])
+        if jax.process_index() == 0:
+            tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+    vocab_size = towers.text.vocab_size if towers is not None else tokenizer.vocab_size
     input_ids, attention_mask = tokenizer.encode(dataset.texts, config.data.context_length)
-    inputs = {"images": dataset.images, "input_ids": input_ids, "attention_mask": attention_mask}
+    inputs = {
+        "images": dataset.images,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+    }
     if config.train.mode == "frozen_encoder":
         cache = os.path.join(
             workdir, f"features-{features.features_fingerprint(config, len(dataset))}.npz"
         )
         encoders = build.build_model(
-            config, tokenizer.vocab_size, with_encoders=True, seed=config.seed
+            config, vocab_size, with_encoders=True, seed=config.seed, towers=towers
         )
         inputs = features.cached_features(
             cache,
@@ -95,7 +107,7 @@ def prepare_inputs(config, workdir: str, mesh):
                 mesh=mesh,
             ),
         )
-    return dataset, splits, tokenizer, inputs
+    return dataset, splits, tokenizer, vocab_size, inputs
 
 
 def _state_shardings(state: TrainState, mesh, num_train: int):
@@ -163,11 +175,12 @@ def train_and_evaluate(
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
 
-    dataset, splits, tokenizer, inputs = prepare_inputs(config, workdir, mesh)
+    towers = build.load_pretrained_towers(config)  # checkpoint errors before data errors
+    dataset, splits, _, vocab_size, inputs = prepare_inputs(config, workdir, mesh, towers)
     num_train = len(splits.train)
     end_to_end = config.train.mode == "end_to_end"
     model = build.build_model(
-        config, tokenizer.vocab_size, with_encoders=end_to_end, seed=config.seed
+        config, vocab_size, with_encoders=end_to_end, seed=config.seed, towers=towers
     )
     graphdef, params = nnx.split(model)
 

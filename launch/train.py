@@ -38,7 +38,6 @@ def main(argv):
     from fjsph_jax import parallel
 
     parallel.maybe_initialize_distributed()
-    from fjsph_jax.configuration import ConfigError
     from fjsph_jax.data.sources import DatasetNotFoundError
     from fjsph_jax.train import train_and_evaluate
 
@@ -54,8 +53,10 @@ def main(argv):
     print(f"workdir: {workdir}", flush=True)
     try:
         train_and_evaluate(config, workdir)
-    except (ConfigError, DatasetNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DatasetNotFoundError, ValueError) as e:
+        # ConfigError, CheckpointError and the data layer's bad-input errors (row counts,
+        # labels) are ValueErrors whose message names the key or file and the fix.
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         sys.exit(2)
 
 

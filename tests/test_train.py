@@ -18,8 +18,8 @@ from tiny import tiny_config
 def _one_step(config, devices, workdir):
     """Runs the first two train steps (the second with an active bank) on ``devices``."""
     mesh = parallel.make_mesh(devices)
-    dataset, splits, tokenizer, inputs = train.prepare_inputs(config, workdir, mesh)
-    model = build.build_model(config, tokenizer.vocab_size, with_encoders=True, seed=0)
+    dataset, splits, _, vocab_size, inputs = train.prepare_inputs(config, workdir, mesh)
+    model = build.build_model(config, vocab_size, with_encoders=True, seed=0)
     graphdef, params = nnx.split(model)
     optimizer = build.build_optimizer(config, params, total_steps=10)
     num_train = len(splits.train)
