@@ -1,0 +1,30 @@
+"""The CLI: bad config values fail fast with the key named and exit status 2."""
+import os
+import subprocess
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _launch(*args, tmp_path):
+    command = [sys.executable, os.path.join(REPO_ROOT, "launch", "train.py"),
+               f"--workdir={tmp_path}", *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=240,
+                          cwd=str(tmp_path))  # not the repo root: works from anywhere
+
+
+def test_bad_value_names_key_and_allowed_values(tmp_path):
+    done = _launch("--config.model.mask_ratio=1.5", tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "config.model.mask_ratio=1.5 must lie in [0.0, 1.0)" in done.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_unknown_dataset_and_missing_real_data(tmp_path):
+    done = _launch("--config.data.name=imagenet", tmp_path=tmp_path)
+    assert done.returncode == 2 and "'synthetic', 'mirflickr', 'nuswide', 'coco'" in done.stderr
+    config = os.path.join(REPO_ROOT, "configs", "coco.py")
+    done = _launch(f"--config={config}", f"--config.data.manual_dir={tmp_path}/nowhere",
+                   tmp_path=tmp_path)
+    assert done.returncode == 2 and "docs/datasets.md" in done.stderr
