@@ -36,5 +36,6 @@ setup(
         # build explicitly first (e.g. `pip install torch==2.13.0`): an unpinned torch can
         # pull a multi-GB CUDA build.
         "torch": ["torch>=2.4"],
+        "faiss": ["faiss-cpu>=1.7"],
     },
 )

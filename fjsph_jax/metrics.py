@@ -10,12 +10,18 @@ Protocol (DCMH, DCHMT, MITH, DSPH):
 * the database is ranked per query by Hamming distance ``d = (K - q . b) / 2``
   ascending, ties broken stably by database index (lower index first).
 
-Every metric is computed by one jitted kernel (:func:`_chunk_statistics`) that sorts each
-query's distances once and derives all statistics from that ranking. The queries are
-processed in fixed-size chunks with :func:`jax.lax.map` (the last chunk padded and
-masked), so the working memory is ``O(query_chunk x N)``, never ``O(Q x N)``, and each
-input shape compiles once. Per-chunk sums come back to the host and are reduced in
-float64; results are Python floats or numpy arrays.
+Every metric comes from one jitted kernel (:func:`_chunk_statistics`) that finds the exact
+rank of every database item without sorting: Hamming distances take only ``K + 1``
+values, so with per-query histograms over distance buckets (pass 1) and, in row order,
+the running count of items already seen in each bucket (pass 2)::
+
+    rank(n) = #{m : d_m < d_n} + #{m < n : d_m = d_n} + 1
+
+which is the stable (row) tie-break. Codes and labels are packed into uint32 words
+(distance = XOR + popcount, relevance = AND != 0), queries are processed in chunks of at
+most ``query_chunk`` (optionally split over a mesh), and the database is streamed in tiles,
+so memory is ``O(query_chunk * (K + tile))`` and time ``O(Q N)``, never ``O(Q N log N)``.
+Per-query statistics come back to the host and are averaged in float64.
 """
 
 from __future__ import annotations
@@ -27,8 +33,15 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
-DEFAULT_QUERY_CHUNK = 128
+from fjsph_jax import index as index_lib
+from fjsph_jax import parallel
+
+DEFAULT_QUERY_CHUNK = 256
+RANK_BLOCK_ROWS = 32  # database rows per step of the ranking pass (pairwise within a block)
+TILE_ROWS = 4096  # database rows whose distances are computed in one go
 DEFAULT_PRECISION_NS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 _NS_BUCKET = 8  # ns lists are padded to a multiple of this length (fewer recompilations)
 
@@ -206,140 +219,209 @@ def relevance(query_labels_qc: Any, db_labels_nc: Any) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------
-# The chunked kernel: one stable sort per query, every statistic from it
+# The chunked kernel: exact ranks by counting, no sort
 # ----------------------------------------------------------------------------------------
 
 
-class _RetrievalSums(NamedTuple):
-    """Sums over (valid) queries of the per-query statistics; ``R = K + 1`` radii."""
+class _QueryStatistics(NamedTuple):
+    """Per-query outputs of :func:`_query_statistics`; ``V = K + 2`` distance buckets
+    (bucket ``K + 1`` holds the padding rows and is ignored)."""
 
-    average_precision_all: jax.Array  # scalar: sum_q AP@all
-    average_precision_at_k: jax.Array  # scalar: sum_q AP@top_k
-    precision_at_n: jax.Array  # [M]: sum_q P@n
-    pr_precision: jax.Array  # [R]: sum over retrieving queries of precision(r)
-    pr_num_retrieving: jax.Array  # [R]: number of queries retrieving >= 1 item at r
-    pr_recall: jax.Array  # [R]: sum over queries with relevant items of recall(r)
-    num_with_relevant: jax.Array  # scalar: number of queries with >= 1 relevant item
+    count_by_distance: jax.Array  # int32 [Q, V]: database items at each Hamming distance
+    relevant_by_distance: jax.Array  # int32 [Q, V]: relevant items at each distance
+    precision_sum_all: jax.Array  # float32 [Q]: sum over relevant items of hits(r) / r
+    precision_sum_top_k: jax.Array  # float32 [Q]: the same over relevant items with r <= top_k
+    relevant_in_top_k: jax.Array  # int32 [Q]: relevant items with r <= top_k
+    relevant_in_top_n: jax.Array  # int32 [Q, M]: relevant items with r <= ns[m]
 
 
-def _chunk_statistics(
-    query_codes_bk: jax.Array,
-    query_labels_bc: jax.Array,
-    valid_b: jax.Array,
-    db_codes_nk: jax.Array,
-    db_labels_nc: jax.Array,
-    top_k: jax.Array,
-    ns_m: jax.Array,
-) -> _RetrievalSums:
-    """Statistics of one chunk of ``B`` queries against the whole database ``[N, ...]``.
+def _tile_distance_and_relevance(query_words_wc, query_labels_lc, db_words_tw, db_labels_tl,
+                                 valid_t, pad_bucket):
+    """Distances int32 [T, C] (``pad_bucket`` on padding rows) and relevance bool [T, C] of a
+    tile of T database rows to a chunk of C queries (queries in the minor axis).
 
-    Ranking: ``(d_sorted, rel_sorted) = stable_sort_by_d(d, rel)`` per row, so ties keep
-    database-index order. With ``hits = cumsum(rel_sorted)`` ``[B, N]`` and ranks
-    ``r = 1..N``:
+    ``d = sum_w popcount(db_w XOR q_w)`` on packed uint32 words; ``relevant = any_w
+    (db_labels_w AND q_labels_w) != 0`` (at least one shared label)."""
+    distance = index_lib.hamming_rows_by_queries(db_words_tw, query_words_wc).astype(jnp.int32)
+    distance = jnp.where(valid_t[:, None], distance, pad_bucket)
+    shared = None
+    for word in range(db_labels_tl.shape[1]):
+        overlap = (db_labels_tl[:, word : word + 1] & query_labels_lc[word][None, :]) != 0
+        shared = overlap if shared is None else shared | overlap
+    return distance, shared & valid_t[:, None]
 
-    * ``AP@k = sum_{r<=k} (hits_r / r) rel_r / hits_k`` (0 when ``hits_k = 0``);
-    * ``P@n = hits_n / n``;
-    * at Hamming radius ``t`` (0..K): ``retrieved_t = #(d <= t)`` (a searchsorted on
-      ``d_sorted``), ``relevant_retrieved_t = hits_{retrieved_t}``; precision
-      ``relevant_retrieved_t / retrieved_t``; recall ``relevant_retrieved_t / hits_N``.
 
-    ``valid_b`` (float ``[B]``) zeroes the padded queries of the last chunk.
+def _kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array):
+    """Compensated float32 summation step: ``total + value`` with the rounding error kept."""
+    corrected = value - compensation
+    new_total = total + corrected
+    return new_total, (new_total - total) - corrected
+
+
+def _chunk_statistics(query_words_wc, query_labels_lc, db_words_nw, db_labels_nl, num_db,
+                      top_k, ns_m, *, num_bits, with_top_k):
+    """:class:`_QueryStatistics` (bucket-major, ``[V, C]`` / ``[C]`` / ``[M, C]``) of one
+    chunk of C queries against the padded database ``[N_pad, ...]``.
+
+    Ranking by (distance, row). For an item ``n`` at distance ``v``::
+
+        rank(n) = #{m : d_m < v} + #{m < n : d_m = v} + 1
+        hits(n) = #{relevant m : d_m < v} + #{relevant m <= n : d_m = v}
+
+    Pass 1 counts items and relevant items per distance bucket (a scatter-add per tile);
+    their exclusive prefix sums over buckets give the first terms. Pass 2 walks the
+    database in row order, ``RANK_BLOCK_ROWS`` rows per step, carrying those prefixes plus
+    the running count per bucket of the rows already seen (a gather before and a
+    scatter-add after each block); inside a block the earlier rows at the same distance are
+    counted pairwise. Everything is O(N) per query; no sort.
+
+    The distances of a tile of ``TILE_ROWS`` rows are computed in bulk and handed to the
+    inner loop over blocks: that materialises them (XLA:CPU would otherwise fuse and
+    recompute the popcounts inside every consumer, e.g. 2 * RANK_BLOCK_ROWS times in the
+    pairwise comparison).
     """
-    num_db = db_codes_nk.shape[0]
-    num_bits = db_codes_nk.shape[1]
-    distance_bn = _hamming_distance(query_codes_bk, db_codes_nk)
-    relevant_bn = _relevance(query_labels_bc, db_labels_nc).astype(jnp.int32)
-    distance_sorted_bn, relevant_sorted_bn = jax.lax.sort(
-        (distance_bn, relevant_bn), dimension=1, is_stable=True, num_keys=1
-    )
-    hits_bn = jnp.cumsum(relevant_sorted_bn, axis=1)
-    ranks_n = jnp.arange(1, num_db + 1, dtype=jnp.int32)
-    precision_at_rank_bn = hits_bn.astype(jnp.float32) / ranks_n.astype(jnp.float32)
-    relevant_precision_bn = precision_at_rank_bn * relevant_sorted_bn.astype(jnp.float32)
+    num_queries = query_words_wc.shape[1]
+    num_buckets = num_bits + 2
+    pad_bucket = num_bits + 1
+    padded_rows = db_words_nw.shape[0]
+    num_tiles = padded_rows // TILE_ROWS
+    lanes = jnp.arange(num_queries, dtype=jnp.int32)
+    tiles = (db_words_nw.reshape(num_tiles, TILE_ROWS, -1),
+             db_labels_nl.reshape(num_tiles, TILE_ROWS, -1),
+             (jnp.arange(padded_rows, dtype=jnp.int32) < num_db).reshape(num_tiles, TILE_ROWS))
 
-    def average_precision(k: jax.Array) -> jax.Array:
-        """AP@k per query ``[B]``; 0 for queries with no relevant item in the top k."""
-        in_top_k_n = ranks_n <= k
-        precision_sum_b = jnp.sum(jnp.where(in_top_k_n, relevant_precision_bn, 0.0), axis=1)
-        relevant_in_top_k_b = hits_bn[:, k - 1]
-        return jnp.where(
-            relevant_in_top_k_b > 0,
-            precision_sum_b / jnp.maximum(relevant_in_top_k_b, 1).astype(jnp.float32),
-            0.0,
-        )
+    def tile_distances(tile):
+        return _tile_distance_and_relevance(query_words_wc, query_labels_lc, *tile, pad_bucket)
 
-    ap_all_b = average_precision(jnp.int32(num_db))
-    ap_at_k_b = average_precision(top_k)
-    precision_at_n_bm = hits_bn[:, ns_m - 1].astype(jnp.float32) / ns_m.astype(jnp.float32)
+    # Pass 1: histograms over distance buckets, flattened as bucket * C + query.
+    def histogram_step(carry, tile):
+        count_flat, relevant_flat = carry
+        distance, relevant = tile_distances(tile)
+        # One scatter-add per tile of all + 65536 * relevant (a tile has < 65536 rows).
+        packed = jnp.zeros_like(count_flat).at[distance * num_queries + lanes].add(
+            jnp.where(relevant, 65537, 1), mode="promise_in_bounds")
+        return (count_flat + (packed & 0xFFFF), relevant_flat + (packed >> 16)), None
 
-    radii_r = jnp.arange(num_bits + 1, dtype=jnp.int32)
-    retrieved_br = jax.vmap(lambda row: jnp.searchsorted(row, radii_r, side="right"))(
-        distance_sorted_bn
-    ).astype(jnp.int32)
-    hits_with_zero_bn1 = jnp.pad(hits_bn, ((0, 0), (1, 0)))
-    relevant_retrieved_br = jnp.take_along_axis(hits_with_zero_bn1, retrieved_br, axis=1)
-    retrieves_br = (retrieved_br > 0).astype(jnp.float32) * valid_b[:, None]
-    precision_br = relevant_retrieved_br.astype(jnp.float32) / jnp.maximum(
-        retrieved_br, 1
-    ).astype(jnp.float32)
-    total_relevant_b = hits_bn[:, -1]
-    has_relevant_b = (total_relevant_b > 0).astype(jnp.float32) * valid_b
-    recall_br = relevant_retrieved_br.astype(jnp.float32) / jnp.maximum(
-        total_relevant_b, 1
-    ).astype(jnp.float32)[:, None]
+    zeros_flat = jnp.zeros((num_buckets * num_queries,), jnp.int32)
+    (count_flat, relevant_flat), _ = jax.lax.scan(histogram_step, (zeros_flat, zeros_flat), tiles)
+    count_vc = count_flat.reshape(num_buckets, num_queries)
+    relevant_vc = relevant_flat.reshape(num_buckets, num_queries)
 
-    return _RetrievalSums(
-        average_precision_all=jnp.sum(ap_all_b * valid_b),
-        average_precision_at_k=jnp.sum(ap_at_k_b * valid_b),
-        precision_at_n=jnp.sum(precision_at_n_bm * valid_b[:, None], axis=0),
-        pr_precision=jnp.sum(precision_br * retrieves_br, axis=0),
-        pr_num_retrieving=jnp.sum(retrieves_br, axis=0),
-        pr_recall=jnp.sum(recall_br * has_relevant_b[:, None], axis=0),
-        num_with_relevant=jnp.sum(has_relevant_b),
-    )
+    # Pass 2: ranks in row order, RANK_BLOCK_ROWS rows per step.
+    block_rows = RANK_BLOCK_ROWS
+    compare_dtype = jnp.uint8 if pad_bucket < 256 else jnp.int32
+    earlier_row = (jnp.arange(block_rows)[:, None] > jnp.arange(block_rows)[None, :])[:, :, None]
+
+    def rank_step(carry, block):
+        tables, seen_flat, sums, counts_k, counts_n = carry
+        before_all, before_relevant = tables
+        distance, relevant = block
+        # Earlier rows of this block at the same distance, packed as all + 256 * relevant
+        # (at most RANK_BLOCK_ROWS - 1 < 256 of each).
+        weight = jnp.where(relevant, jnp.uint16(257), jnp.uint16(1))
+        small = distance.astype(compare_dtype)
+        same = (small[:, None, :] == small[None, :, :]) & earlier_row
+        in_block = jnp.sum(jnp.where(same, weight[None], jnp.uint16(0)), axis=1,
+                           dtype=jnp.uint16).astype(jnp.int32)
+        flat = distance * num_queries + lanes
+        # Earlier blocks of this tile at the same distance: all + 65536 * relevant (a tile
+        # has fewer than 65536 rows).
+        seen = seen_flat.at[flat].get(mode="promise_in_bounds")
+        seen_flat = seen_flat.at[flat].add(jnp.where(relevant, 65537, 1), mode="promise_in_bounds")
+        # Earlier tiles and smaller distances: the carried tables.
+        rank = (before_all.at[flat].get(mode="promise_in_bounds") + (seen & 0xFFFF)
+                + (in_block & 255) + 1)
+        hits = (before_relevant.at[flat].get(mode="promise_in_bounds") + (seen >> 16)
+                + (in_block >> 8) + 1)
+        precision = jnp.where(relevant, hits.astype(jnp.float32) / rank.astype(jnp.float32), 0.0)
+        sum_all, comp_all, sum_k, comp_k = sums
+        sum_all, comp_all = _kahan_add(sum_all, comp_all, jnp.sum(precision, axis=0))
+        if with_top_k:
+            in_top_k = rank <= top_k
+            sum_k, comp_k = _kahan_add(
+                sum_k, comp_k, jnp.sum(jnp.where(in_top_k, precision, 0.0), axis=0))
+            counts_k = counts_k + jnp.sum(relevant & in_top_k, axis=0, dtype=jnp.int32)
+        if ns_m.shape[0]:
+            counts_n = counts_n + jnp.sum(
+                relevant[None] & (rank[None] <= ns_m[:, None, None]), axis=1, dtype=jnp.int32)
+        return (tables, seen_flat, (sum_all, comp_all, sum_k, comp_k), counts_k, counts_n), None
+
+    def rank_tile(carry, tile):
+        (before_all, before_relevant), sums, counts_k, counts_n = carry
+        distance, relevant = tile_distances(tile)
+        shape = (TILE_ROWS // block_rows, block_rows, num_queries)
+        inner = ((before_all, before_relevant), jnp.zeros_like(before_all), sums, counts_k,
+                 counts_n)
+        (_, seen_flat, sums, counts_k, counts_n), _ = jax.lax.scan(
+            rank_step, inner, (distance.reshape(shape), relevant.reshape(shape)))
+        tables = (before_all + (seen_flat & 0xFFFF), before_relevant + (seen_flat >> 16))
+        return (tables, sums, counts_k, counts_n), None
+
+    exclusive = lambda x: (jnp.cumsum(x, axis=0) - x).reshape(-1)  # noqa: E731
+    zeros_c = jnp.zeros((num_queries,), jnp.float32)
+    init = ((exclusive(count_vc), exclusive(relevant_vc)), (zeros_c,) * 4,
+            jnp.zeros((num_queries,), jnp.int32), jnp.zeros((ns_m.shape[0], num_queries), jnp.int32))
+    (_, (sum_all, _, sum_k, _), counts_k, counts_n), _ = jax.lax.scan(rank_tile, init, tiles)
+    return _QueryStatistics(count_vc, relevant_vc, sum_all, sum_k, counts_k, counts_n)
 
 
-@functools.partial(jax.jit, static_argnames="chunk")
-def _chunked_statistics(
-    query_codes_qk: jax.Array,
-    query_labels_qc: jax.Array,
-    db_codes_nk: jax.Array,
-    db_labels_nc: jax.Array,
-    top_k: jax.Array,
-    ns_m: jax.Array,
-    *,
-    chunk: int,
-) -> _RetrievalSums:
-    """Maps :func:`_chunk_statistics` sequentially over ``T = ceil(Q / chunk)`` chunks.
+def _chunk_layout(num_queries: int, query_chunk: int, num_devices: int) -> tuple[int, int]:
+    """``(chunks per device, queries per chunk)``: the fewest chunks of at most
+    ``query_chunk`` queries (rounded up to a multiple of 8) covering ``Q`` queries split
+    evenly over ``num_devices`` devices."""
+    per_device = -(-num_queries // num_devices)
+    chunks = -(-per_device // query_chunk)
+    size = -(-per_device // chunks)
+    return chunks, -(-size // 8) * 8
 
-    The queries are padded to ``T * chunk`` rows (all-(+1) codes, no labels, masked out
-    by ``valid``) and reshaped to ``[T, chunk, ...]``; returns sums of shape ``[T, ...]``.
+
+@functools.partial(
+    jax.jit, static_argnames=("num_bits", "query_chunk", "with_top_k", "mesh"))
+def _query_statistics(query_words_qw, query_labels_ql, db_words_nw, db_labels_nl, top_k, ns_m,
+                      *, num_bits, query_chunk, with_top_k, mesh) -> _QueryStatistics:
+    """Maps :func:`_chunk_statistics` over the query chunks (``lax.map``); with a mesh the
+    chunks are split over its ``data`` axis and the database is replicated.
+
+    Inputs are packed uint32 words (:func:`fjsph_jax.index.code_words`,
+    :func:`fjsph_jax.index.label_words`). The database is padded to a multiple of
+    ``TILE_ROWS`` rows (padding rows are masked), the queries to whole chunks (their
+    outputs dropped). Working memory per device is ``O(query_chunk * (K + TILE_ROWS +
+    RANK_BLOCK_ROWS**2))`` plus the inputs. Returns per-query statistics ``[Q, ...]``.
     """
-    num_queries = query_codes_qk.shape[0]
-    num_chunks = -(-num_queries // chunk)
+    num_db = db_words_nw.shape[0]
+    padded_db = -(-num_db // TILE_ROWS) * TILE_ROWS
+    db_words_nw = jnp.pad(db_words_nw, ((0, padded_db - num_db), (0, 0)))
+    db_labels_nl = jnp.pad(db_labels_nl, ((0, padded_db - num_db), (0, 0)))
+    num_queries = query_words_qw.shape[0]
+    num_devices = 1 if mesh is None else mesh.shape[parallel.DATA_AXIS]
+    chunks_per_device, chunk_size = _chunk_layout(num_queries, query_chunk, num_devices)
+    num_chunks = num_devices * chunks_per_device
 
-    def split(array_qx: jax.Array, pad_value: float) -> jax.Array:
-        padding = num_chunks * chunk - num_queries
-        padded = jnp.pad(array_qx, ((0, padding), (0, 0)), constant_values=pad_value)
-        return padded.reshape(num_chunks, chunk, array_qx.shape[1])
+    def split(array_qx):
+        padded = jnp.pad(array_qx, ((0, num_chunks * chunk_size - num_queries), (0, 0)))
+        return jnp.swapaxes(padded.reshape(num_chunks, chunk_size, array_qx.shape[1]), 1, 2)
 
-    chunks = (
-        split(query_codes_qk.astype(jnp.float32), 1.0),
-        split(query_labels_qc.astype(jnp.float32), 0.0),
-        split(jnp.ones((num_queries, 1), jnp.float32), 0.0)[..., 0],
-    )
-    kernel = functools.partial(
-        _chunk_statistics,
-        db_codes_nk=db_codes_nk.astype(jnp.float32),
-        db_labels_nc=db_labels_nc.astype(jnp.float32),
-        top_k=top_k,
-        ns_m=ns_m,
-    )
-    return jax.lax.map(lambda chunk_arrays: kernel(*chunk_arrays), chunks)
+    def map_chunks(query_words_twc, query_labels_tlc, db_words, db_labels, top_k, ns_m):
+        def chunk(arrays):
+            stats = _chunk_statistics(*arrays, db_words, db_labels, num_db, top_k, ns_m,
+                                      num_bits=num_bits, with_top_k=with_top_k)
+            return _QueryStatistics(*(jnp.moveaxis(x, -1, 0) for x in stats))  # queries first
+
+        return jax.lax.map(chunk, (query_words_twc, query_labels_tlc))
+
+    if mesh is not None:
+        sharded, replicated = P(parallel.DATA_AXIS), P()
+        map_chunks = jax.shard_map(
+            map_chunks, mesh=mesh, out_specs=sharded, check_vma=False,
+            in_specs=(sharded, sharded, replicated, replicated, replicated, replicated))
+    stats = map_chunks(split(query_words_qw), split(query_labels_ql), db_words_nw, db_labels_nl,
+                       top_k, ns_m)
+    return _QueryStatistics(
+        *(x.reshape((num_chunks * chunk_size,) + x.shape[2:])[:num_queries] for x in stats))
 
 
 class _RetrievalMetrics(NamedTuple):
-    """Host-side means (float64) of the statistics in :class:`_RetrievalSums`."""
+    """Host-side means (float64) of the per-query statistics."""
 
     map_all: float
     map_at_k: float
@@ -355,47 +437,60 @@ def _compute_metrics(
     db_labels: Any,
     *,
     top_k: int | None,
-    ns: Sequence[int],
+    ns: Sequence[int] | None,
     query_chunk: int,
+    mesh: Mesh | None = None,
 ) -> tuple[_RetrievalMetrics, np.ndarray]:
-    """Validates inputs, runs the chunked kernel, averages; also returns the clipped ns."""
+    """Validates inputs, runs the kernel, averages in float64; also returns the clipped ns."""
     query_chunk = _check_positive_int(query_chunk, "query_chunk")
     if top_k is not None:
         top_k = _check_positive_int(top_k, "top_k")
     query_codes, db_codes, query_labels, db_labels = _check_pair(
         query_codes, db_codes, query_labels, db_labels
     )
-    num_queries, num_db = query_codes.shape[0], db_codes.shape[0]
-    chunk = min(query_chunk, num_queries)
+    num_bits = query_codes.shape[1]
+    num_db = db_codes.shape[0]
     effective_top_k = num_db if top_k is None else min(top_k, num_db)
-    ns_m = _check_ns(ns, num_db)
+    ns_m = _check_ns(ns, num_db) if ns is not None else np.zeros((0,), np.int32)
     # Pad ns to a multiple of _NS_BUCKET (with n = 1) so most ns lists share one compile.
     padded_length = -(-len(ns_m) // _NS_BUCKET) * _NS_BUCKET
     padded_ns = np.pad(ns_m, (0, padded_length - len(ns_m)), constant_values=1)
 
-    sums = _chunked_statistics(
-        query_codes,
-        query_labels,
-        db_codes,
-        db_labels,
+    stats = jax.device_get(_query_statistics(
+        index_lib.code_words(query_codes, name="query_codes")[0],
+        index_lib.label_words(query_labels, name="query_labels"),
+        index_lib.code_words(db_codes, name="db_codes")[0],
+        index_lib.label_words(db_labels, name="db_labels"),
         np.int32(effective_top_k),
         padded_ns,
-        chunk=chunk,
-    )
-    totals = jax.tree.map(lambda x: np.asarray(x, dtype=np.float64).sum(axis=0), sums)
-    num_retrieving = totals.pr_num_retrieving
+        num_bits=num_bits,
+        query_chunk=query_chunk,
+        with_top_k=top_k is not None,
+        mesh=mesh,
+    ))
+    count_qv = stats.count_by_distance[:, : num_bits + 1].astype(np.float64)
+    relevant_qv = stats.relevant_by_distance[:, : num_bits + 1].astype(np.float64)
+    num_relevant = relevant_qv.sum(axis=1)
+    map_all = np.where(num_relevant > 0, stats.precision_sum_all / np.maximum(num_relevant, 1), 0)
+    relevant_k = stats.relevant_in_top_k.astype(np.float64)
+    map_at_k = np.where(relevant_k > 0, stats.precision_sum_top_k / np.maximum(relevant_k, 1), 0)
+    precision_at_n = (stats.relevant_in_top_n[:, : len(ns_m)] / ns_m).mean(axis=0)
+
+    retrieved_qr = np.cumsum(count_qv, axis=1)  # items within radius r
+    relevant_retrieved_qr = np.cumsum(relevant_qv, axis=1)
+    retrieving_qr = retrieved_qr > 0
+    num_retrieving = retrieving_qr.sum(axis=0)
+    precision_qr = np.where(retrieving_qr, relevant_retrieved_qr / np.maximum(retrieved_qr, 1), 0)
+    has_relevant = num_relevant > 0
     metrics = _RetrievalMetrics(
-        map_all=float(totals.average_precision_all / num_queries),
-        map_at_k=float(totals.average_precision_at_k / num_queries),
-        precision_at_n=totals.precision_at_n[: len(ns_m)] / num_queries,
+        map_all=float(map_all.mean()),
+        map_at_k=float(map_at_k.mean()),
+        precision_at_n=precision_at_n,
         pr_precision=np.where(
-            num_retrieving > 0, totals.pr_precision / np.maximum(num_retrieving, 1), 0.0
-        ),
+            num_retrieving > 0, precision_qr.sum(axis=0) / np.maximum(num_retrieving, 1), 0.0),
         pr_recall=(
-            totals.pr_recall / totals.num_with_relevant
-            if totals.num_with_relevant > 0
-            else np.zeros_like(totals.pr_recall)
-        ),
+            (relevant_retrieved_qr[has_relevant] / num_relevant[has_relevant, None]).mean(axis=0)
+            if has_relevant.any() else np.zeros(num_bits + 1)),
     )
     return metrics, ns_m
 
@@ -413,6 +508,7 @@ def mean_average_precision(
     *,
     top_k: int | None = None,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
+    mesh: Mesh | None = None,
 ) -> float:
     """Mean average precision over the queries, MAP@all or MAP@``top_k``.
 
@@ -431,14 +527,17 @@ def mean_average_precision(
       query_labels: ``[Q, C]`` multi-hot labels.
       db_labels: ``[N, C]`` multi-hot labels.
       top_k: rank cut-off ``K`` (clipped to ``N``); ``None`` for MAP@all.
-      query_chunk: queries per chunk; memory is ``O(query_chunk * N)``.
+      query_chunk: at most this many queries are processed at once (the queries of a
+        chunk are the vector lanes of the kernel); memory ``O(query_chunk * (K + 4096))``.
+      mesh: optional mesh; the query chunks are split over its ``data`` axis (the
+        database is replicated on every device).
 
     Returns:
       The MAP as a Python float in [0, 1].
     """
     metrics, _ = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
-        top_k=top_k, ns=(1,), query_chunk=query_chunk,
+        top_k=top_k, ns=None, query_chunk=query_chunk, mesh=mesh,
     )
     return metrics.map_all if top_k is None else metrics.map_at_k
 
@@ -451,18 +550,19 @@ def precision_at_n(
     ns: Sequence[int],
     *,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
+    mesh: Mesh | None = None,
 ) -> np.ndarray:
     """Mean over queries of ``P@n = (1/n) * #relevant items among the top n``.
 
-    Each ``n`` in ``ns`` is clipped to the database size ``N``. Ranking as in
-    :func:`mean_average_precision`.
+    Each ``n`` in ``ns`` is clipped to the database size ``N``. Ranking, ``query_chunk``
+    and ``mesh`` as in :func:`mean_average_precision`.
 
     Returns:
       float64 ``[len(ns)]``.
     """
     metrics, _ = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
-        top_k=None, ns=ns, query_chunk=query_chunk,
+        top_k=None, ns=ns, query_chunk=query_chunk, mesh=mesh,
     )
     return metrics.precision_at_n
 
@@ -474,6 +574,7 @@ def precision_recall_curve(
     db_labels: Any,
     *,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
+    mesh: Mesh | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Precision and recall of Hamming-ball retrieval at radii ``r = 0..K``.
 
@@ -484,13 +585,15 @@ def precision_recall_curve(
     * ``recall[r]`` = mean of ``|retrieved and relevant| / |relevant|`` over the queries
       with at least one relevant database item; all 0 if no query has one.
 
+    ``query_chunk`` and ``mesh`` as in :func:`mean_average_precision`.
+
     Returns:
       ``(precision, recall)``, each float64 ``[K + 1]``; ``recall[K]`` is 1 whenever some
       query has a relevant item.
     """
     metrics, _ = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
-        top_k=None, ns=(1,), query_chunk=query_chunk,
+        top_k=None, ns=None, query_chunk=query_chunk, mesh=mesh,
     )
     return metrics.pr_precision, metrics.pr_recall
 
@@ -504,6 +607,7 @@ def evaluate_retrieval(
     top_k: int | None = None,
     ns: Sequence[int] = DEFAULT_PRECISION_NS,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
+    mesh: Mesh | None = None,
 ) -> dict[str, Any]:
     """All retrieval metrics from one pass over the query chunks.
 
@@ -514,12 +618,12 @@ def evaluate_retrieval(
          "precision_at_n": {"ns": [int], "values": [float]},   # ns clipped to N
          "pr_curve": {"precision": [float] * (K+1), "recall": [float] * (K+1)}}
 
-    Definitions as in :func:`mean_average_precision`, :func:`precision_at_n` and
-    :func:`precision_recall_curve`.
+    Definitions (and ``query_chunk``, ``mesh``) as in :func:`mean_average_precision`,
+    :func:`precision_at_n` and :func:`precision_recall_curve`.
     """
     metrics, ns_m = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
-        top_k=top_k, ns=ns, query_chunk=query_chunk,
+        top_k=top_k, ns=ns, query_chunk=query_chunk, mesh=mesh,
     )
     result: dict[str, Any] = {"map_all": metrics.map_all}
     if top_k is not None:

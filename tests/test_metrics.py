@@ -350,3 +350,94 @@ def test_invalid_options_raise_value_error():
         metrics.hamming_distance(np.ones((2, 3)), np.ones((2, 4)))
     with pytest.raises(ValueError, match="query_labels_qc and db_labels_nc"):
         metrics.relevance(np.ones((2, 3)), np.ones((2, 4)))
+
+
+# ----------------------------------------------------------------------------------------
+# Scale paths: several database tiles, long codes, many label words, a device mesh.
+# ----------------------------------------------------------------------------------------
+
+
+def per_query_loop_reference(query_codes, db_codes, query_labels, db_labels, top_k, ns):
+    """The PyTorch-baseline way, in numpy: per query a stable argsort of the distances.
+
+    Returns (MAP@all, MAP@top_k, P@ns [len(ns)], PR precision [K+1], PR recall [K+1])."""
+    num_bits = query_codes.shape[1]
+    distances = (num_bits - query_codes.astype(np.int64) @ db_codes.astype(np.int64).T) // 2
+    relevant = (query_labels.astype(np.int64) @ db_labels.astype(np.int64).T) > 0
+    ap_all, ap_k, p_at_n = [], [], []
+    pr_precision = [[] for _ in range(num_bits + 1)]
+    pr_recall = [[] for _ in range(num_bits + 1)]
+    for q in range(len(query_codes)):
+        order = np.argsort(distances[q], kind="stable")
+        ranked = relevant[q][order]
+        hits = np.cumsum(ranked)
+        ranks = np.arange(1, len(ranked) + 1)
+        precision_at_rank = hits / ranks
+        ap_all.append((precision_at_rank * ranked).sum() / hits[-1] if hits[-1] else 0.0)
+        ap_k.append((precision_at_rank * ranked)[:top_k].sum() / hits[top_k - 1]
+                    if hits[top_k - 1] else 0.0)
+        p_at_n.append([hits[min(n, len(ranked)) - 1] / min(n, len(ranked)) for n in ns])
+        for radius in range(num_bits + 1):
+            retrieved = distances[q] <= radius
+            if retrieved.any():
+                pr_precision[radius].append((retrieved & relevant[q]).sum() / retrieved.sum())
+            if relevant[q].any():
+                pr_recall[radius].append((retrieved & relevant[q]).sum() / relevant[q].sum())
+    mean_or_zero = lambda values: float(np.mean(values)) if values else 0.0  # noqa: E731
+    return (float(np.mean(ap_all)), float(np.mean(ap_k)), np.mean(p_at_n, axis=0),
+            np.array([mean_or_zero(v) for v in pr_precision]),
+            np.array([mean_or_zero(v) for v in pr_recall]))
+
+
+def _assert_matches_reference(result, reference, top_k):
+    map_all, map_k, p_at_n, pr_precision, pr_recall = reference
+    assert result["map_all"] == pytest.approx(map_all, abs=1e-6)
+    assert result["map_at_k"] == pytest.approx(map_k, abs=1e-6)
+    np.testing.assert_allclose(result["precision_at_n"]["values"], p_at_n, atol=1e-9)
+    np.testing.assert_allclose(result["pr_curve"]["precision"], pr_precision, atol=1e-9)
+    np.testing.assert_allclose(result["pr_curve"]["recall"], pr_recall, atol=1e-9)
+
+
+def test_database_spanning_several_tiles_matches_per_query_loop():
+    # 9000 items > 2 tiles of metrics.TILE_ROWS rows; 10 bits: ~800 items per distance, so
+    # ranks depend on the row-order carry across tiles.
+    assert 9000 > 2 * metrics.TILE_ROWS
+    rng = np.random.default_rng(11)
+    query_codes = np.where(rng.random((21, 10)) < 0.5, -1, 1).astype(np.int8)
+    db_codes = np.where(rng.random((9000, 10)) < 0.5, -1, 1).astype(np.int8)
+    query_labels = (rng.random((21, 6)) < 0.3).astype(np.int8)
+    db_labels = (rng.random((9000, 6)) < 0.3).astype(np.int8)
+    ns = (1, 100, 4097, 9000)
+    result = metrics.evaluate_retrieval(
+        query_codes, db_codes, query_labels, db_labels, top_k=5000, ns=ns, query_chunk=16)
+    reference = per_query_loop_reference(
+        query_codes, db_codes, query_labels, db_labels, 5000, ns)
+    _assert_matches_reference(result, reference, 5000)
+
+
+def test_long_codes_and_many_label_words_match_per_query_loop():
+    # K = 300 bits (10 words; distance buckets beyond uint8), C = 70 classes (3 words).
+    rng = np.random.default_rng(12)
+    query_codes = np.where(rng.random((6, 300)) < 0.5, -1, 1).astype(np.float32)
+    db_codes = np.where(rng.random((90, 300)) < 0.5, -1, 1).astype(np.int32)
+    db_codes[:30] = db_codes[30:60]  # duplicated codes: exact ties at every distance
+    query_labels = (rng.random((6, 70)) < 0.03).astype(np.float32)
+    db_labels = (rng.random((90, 70)) < 0.03).astype(np.int64)
+    ns = (1, 10, 90)
+    result = metrics.evaluate_retrieval(
+        query_codes, db_codes, query_labels, db_labels, top_k=20, ns=ns)
+    reference = per_query_loop_reference(query_codes, db_codes, query_labels, db_labels, 20, ns)
+    _assert_matches_reference(result, reference, 20)
+
+
+def test_queries_split_over_a_mesh_give_the_same_metrics(tied_data, tied_results):
+    from fjsph_jax import parallel
+
+    mesh = parallel.make_mesh()  # 8 CPU devices (conftest); 37 queries do not split evenly
+    result = metrics.evaluate_retrieval(
+        *tied_data, top_k=10, ns=NS, query_chunk=CHUNK, mesh=mesh)
+    expected = tied_results[10]
+    assert result["map_all"] == pytest.approx(expected["map_all"], abs=1e-7)
+    assert result["map_at_k"] == pytest.approx(expected["map_at_k"], abs=1e-7)
+    assert result["precision_at_n"] == expected["precision_at_n"]
+    assert result["pr_curve"] == expected["pr_curve"]
