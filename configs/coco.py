@@ -1,39 +1,20 @@
-"""FJSPH on MS-COCO 2014 (80 categories, images with at least one category): 5,000 query / rest database / 10,000 train.
+"""FJSPH on MS-COCO 2014 (80 categories, images with >= 1 category): 5,000 query / rest / 10,000 train.
 
-Real model sizes: a FLIP/CLIP ViT-B/16 image tower and a 12-layer text tower. Choose
-the code length with `--config.bits=16|32|64` and point at a pretrained checkpoint
-with `--config.init.checkpoint=PATH`. Needs the dataset on disk: see docs/datasets.md.
+Same model and training settings as configs/mirflickr.py (ViT-B/16 + 12-layer text
+tower, 16/32/64 bits by `--config.bits`); only the dataset keys differ. Needs the
+dataset on disk: see docs/datasets.md.
 """
-
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import default  # noqa: E402  (configs/default.py: every key and its meaning)
+import mirflickr  # noqa: E402
 
 
 def get_config():
-    config = default.get_config()
+    config = mirflickr.get_config()
     config.data.name = "coco"
     config.data.num_query = 5000
     config.data.num_train = 10000
-    config.data.image_size = 224
-    config.data.context_length = 77
-    config.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP
-    config.data.image_std = (0.26862954, 0.26130258, 0.27577711)
-    config.model.vision = "vit_b16"
-    config.model.text = "text_base"
-    config.model.feature_dim = 512
-    config.model.hash_hidden_dim = 1024
-    config.model.mask_ratio = 0.5
-    config.model.dtype = "bfloat16"
-    config.train.global_batch_size = 128
-    config.train.num_epochs = 30
-    config.train.learning_rate = 1e-3
-    config.train.encoder_learning_rate = 1e-5
-    config.train.checkpoint_every_steps = 500
-    config.train.log_every_steps = 50
     config.loss.cluster_ks = (40, 80, 160)
-    config.eval.batch_size = 256
-    config.eval.top_k = 5000
     return config
