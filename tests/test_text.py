@@ -97,6 +97,57 @@ def test_eos_pool_and_no_projection(causal_model):
     np.testing.assert_allclose(out, hidden[[0, 1], [3, 1]], rtol=1e-4, atol=1e-5)
 
 
+def test_unmasked_padding_is_attended_like_flip():
+    """mask_padding=False, causal=False: no attention mask at all, so padded keys change every token."""
+    config = dataclasses.replace(TINY, causal=False, pool="first", mask_padding=False)
+    model = TextTransformer(config, rngs=nnx.Rngs(3))
+    assert model.attend_mask(jnp.asarray(MASK)) is None
+    out = model(jnp.asarray(IDS), jnp.asarray(MASK))
+    x = model.token_embedding(jnp.asarray(IDS)) + model.position_embedding[:6]
+    ref = np.asarray(model.ln_final(model.transformer(x)))[:, 0] @ np.asarray(model.proj.kernel[...])
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    padded = IDS.copy()
+    padded[0, 4:] = [31, 32]  # other pad ids: row 0 changes, row 1 (no padding) does not
+    changed = np.asarray(model(jnp.asarray(padded), jnp.asarray(MASK)))
+    assert np.abs(changed[0] - np.asarray(out[0])).max() > 1e-4
+    np.testing.assert_allclose(changed[1], out[1], rtol=1e-5, atol=1e-6)
+    # and the attention mask is ignored: all-ones gives the same result
+    np.testing.assert_allclose(model(jnp.asarray(IDS), jnp.ones_like(jnp.asarray(MASK))), out, atol=1e-6)
+
+
+def test_unmasked_padding_keeps_the_causal_mask():
+    """causal + mask_padding=False: only the causal mask; the padded positions' outputs see all earlier keys."""
+    model = TextTransformer(dataclasses.replace(TINY, mask_padding=False, pool="mean_all"), rngs=nnx.Rngs(4))
+    causal = np.tril(np.ones((6, 6), bool))[None, None]
+    np.testing.assert_array_equal(model.attend_mask(jnp.asarray(MASK)), causal)
+    out = model(jnp.asarray(IDS), jnp.asarray(MASK))
+    x = model.token_embedding(jnp.asarray(IDS)) + model.position_embedding[:6]
+    hidden = np.asarray(model.ln_final(model.transformer(x, jnp.asarray(causal))))
+    np.testing.assert_allclose(out, hidden.mean(axis=1) @ np.asarray(model.proj.kernel[...]), rtol=1e-4, atol=1e-5)
+
+
+def test_mean_all_pool_averages_every_position_and_projection_bias():
+    """pool='mean_all': mean over all L positions of ln_final(x), padding included; proj_bias adds b."""
+    config = dataclasses.replace(TINY, causal=False, pool="mean_all", mask_padding=False, proj_bias=True)
+    model = TextTransformer(config, rngs=nnx.Rngs(5))
+    model.proj.bias[...] = -jnp.arange(8, dtype=jnp.float32) / 4
+    out = model(jnp.asarray(IDS), jnp.asarray(MASK))
+    x = model.token_embedding(jnp.asarray(IDS)) + model.position_embedding[:6]
+    hidden = np.asarray(model.ln_final(model.transformer(x)))  # [2, 6, 16]
+    ref = hidden.mean(axis=1) @ np.asarray(model.proj.kernel[...]) - np.arange(8) / 4
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    assert np.abs(np.asarray(out) - (hidden[:, :4].mean(axis=1) @ np.asarray(model.proj.kernel[...]))).max() > 1e-3
+    with pytest.raises(ValueError, match="not a position pool"):
+        pool_positions(jnp.asarray(IDS), jnp.asarray(MASK), "mean_all", None)
+
+
+def test_default_options_mask_padding_without_projection_bias(causal_model):
+    assert causal_model.config.mask_padding and not causal_model.config.proj_bias
+    assert "bias" not in nnx.state(causal_model.proj, nnx.Param)
+    mask = np.asarray(causal_model.attend_mask(jnp.asarray(MASK)))
+    np.testing.assert_array_equal(mask, (MASK != 0)[:, None, None, :] & np.tril(np.ones((6, 6), bool)))
+
+
 def test_context_length_checks(causal_model):
     with pytest.raises(ValueError, match="context_length=8"):
         causal_model(jnp.zeros((1, 9), jnp.int32), jnp.ones((1, 9), jnp.int32))
@@ -105,7 +156,7 @@ def test_context_length_checks(causal_model):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="pool=.*allowed.*last.*eos.*argmax.*first"):
+    with pytest.raises(ValueError, match="pool=.*allowed.*last.*eos.*argmax.*first.*mean_all"):
         dataclasses.replace(TINY, pool="mean")
     with pytest.raises(ValueError, match="eos_token_id"):
         dataclasses.replace(TINY, pool="eos")

@@ -129,12 +129,55 @@ def test_gap_pool_uses_patch_tokens():
     np.testing.assert_allclose(model(px), ref, rtol=1e-4, atol=1e-5)
 
 
+def _hidden_without_ln_pre(model, px, kept_ids=None):
+    """[cls + pos0, (patches + pos1:)[kept_ids]] through the blocks, no ln_pre (FLIP's order)."""
+    pos = np.asarray(model.position_embedding[...])
+    tokens = np.asarray(model.patch_embed(px)).reshape(px.shape[0], 16, 16) + pos[1:]
+    if kept_ids is not None:
+        tokens = np.take_along_axis(tokens, np.asarray(kept_ids)[:, :, None], axis=1)
+    cls = np.broadcast_to(np.asarray(model.class_embedding[...]) + pos[0], (px.shape[0], 1, 16))
+    return model.transformer(jnp.asarray(np.concatenate([cls, tokens], axis=1)))
+
+
+def test_flip_options_no_ln_pre_mean_all_pool_and_projection_bias(pixels):
+    """ln_pre=False, pool='mean_all', proj_bias=True: mean_t ln_post(blocks(x))[:, t] @ W + b."""
+    config = dataclasses.replace(TINY, ln_pre=False, pool="mean_all", proj_bias=True)
+    model = VisionTransformer(config, rngs=nnx.Rngs(3))
+    assert model.ln_pre is None and "ln_pre" not in nnx.state(model, nnx.Param)
+    model.proj.bias[...] = jnp.arange(8, dtype=jnp.float32) / 8  # a nonzero bias
+    hidden = _hidden_without_ln_pre(model, pixels)  # [2, 17, 16]
+    kernel, bias = np.asarray(model.proj.kernel[...]), np.arange(8) / 8
+    ref = np.asarray(model.ln_post(hidden)).mean(axis=1) @ kernel + bias
+    out = np.asarray(model(pixels))
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+    # unlike 'gap' (norm of the mean of the patch tokens), the class token counts and the norm comes first
+    gap = np.asarray(model.ln_post(hidden[:, 1:].mean(axis=1))) @ kernel + bias
+    assert np.abs(out - gap).max() > 1e-3
+
+
+def test_mean_all_pool_of_a_masked_forward_averages_cls_and_kept_tokens(pixels):
+    model = VisionTransformer(dataclasses.replace(TINY, ln_pre=False, pool="mean_all"), rngs=nnx.Rngs(4))
+    key = jax.random.key(9)
+    masked = model(pixels, mask_ratio=0.25, mask_key=key)
+    noise = np.asarray(jax.random.uniform(key, (2, 16)))
+    kept_ids = np.argsort(noise, axis=1)[:, :12]  # int(16 * 0.75) patches with the smallest noise
+    hidden = _hidden_without_ln_pre(model, pixels, kept_ids)  # [2, 1 + 12, 16]
+    ref = np.asarray(model.ln_post(hidden)).mean(axis=1) @ np.asarray(model.proj.kernel[...])
+    np.testing.assert_allclose(masked, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_default_options_keep_ln_pre_and_a_bias_free_projection(vit):
+    config = vit.config
+    assert (config.ln_pre, config.proj_bias, config.pool) == (True, False, "cls")
+    assert vit.ln_pre is not None and "bias" not in nnx.state(vit.proj, nnx.Param)
+
+
 def test_errors(vit, pixels):
     with pytest.raises(ValueError, match="mask_key"):
         vit(pixels, mask_ratio=0.5)
     with pytest.raises(ValueError, match="image_size=18"):
         vit(jnp.zeros((1, 12, 12, 3)))
-    with pytest.raises(ValueError, match="pool"):
+    with pytest.raises(ValueError, match="pool='mean'.*'cls', 'gap', 'mean_all'"):
         dataclasses.replace(TINY, pool="mean")
     with pytest.raises(ValueError, match="act"):
         dataclasses.replace(TINY, act="swish")

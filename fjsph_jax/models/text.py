@@ -3,16 +3,24 @@
 Forward pass (input_ids [B, L] int, attention_mask [B, L] int|bool, nonzero = real token)::
 
     x      = token_embedding[input_ids] + pos[:L]        # [B, L, D]; L <= context_length
-    mask   = key_padding(attention_mask) & causal(L)     # causal only when config.causal
+    mask   = key_padding(attention_mask) & causal(L)     # each part only when config.mask_padding
+                                                         # / config.causal; no mask if neither
     x      = ln_final(transformer(x, mask))
     pooled = x[b, t_b]                                   # t_b chosen by config.pool
-    out    = pooled @ proj                               # [B, output_dim], no bias
+    out    = pooled @ proj (+ proj_bias)                 # [B, output_dim]
 
 Pooling positions t_b:
   'last'   the last attended token: sum(attention_mask_b) - 1
   'eos'    the first position with id == eos_token_id (current HF CLIP); 0 if there is none
   'argmax' argmax of the ids (legacy OpenAI CLIP: the end-of-text id is the largest)
   'first'  token 0 (BERT/FLIP style, usually with causal=False)
+and one pool that is not a position:
+  'mean_all'  pooled = mean_{t = 0..L-1} x[:, t], padding positions included (FLIP's
+              clr.txt_avg_token)
+
+FLIP's text tower attends to its padding ([PAD] = 0, always padded to the context length):
+`mask_padding=False` reproduces that; attention_mask then only matters for pool='last'.
+Such a tower computes FLIP's function only on rows padded to the length FLIP used.
 """
 from __future__ import annotations
 
@@ -24,12 +32,17 @@ from flax import nnx
 
 from fjsph_jax.models.layers import ACTIVATION_NAMES, Transformer, causal_mask, key_padding_mask, layer_norm, linear
 
-TEXT_POOLS = ("last", "eos", "argmax", "first")
+TEXT_POOLS = ("last", "eos", "argmax", "first", "mean_all")
+POSITION_POOLS = ("last", "eos", "argmax", "first")
 
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
-    """Architecture of a TextTransformer. `output_dim=None` means no projection (output = width)."""
+    """Architecture of a TextTransformer. `output_dim=None` means no projection (output = width).
+
+    `mask_padding=False` lets every token attend to padded keys (FLIP); `proj_bias=True`
+    gives the projection a bias (FLIP's `clr.proj_out_bias`). `pool` is one of TEXT_POOLS.
+    """
 
     vocab_size: int
     context_length: int
@@ -43,6 +56,8 @@ class TextConfig:
     pool: str = "last"
     eos_token_id: int | None = None
     eps: float = 1e-5
+    mask_padding: bool = True
+    proj_bias: bool = False
 
     def __post_init__(self):
         if self.pool not in TEXT_POOLS:
@@ -56,7 +71,10 @@ class TextConfig:
 
 
 def pool_positions(input_ids_bl: jax.Array, attention_mask_bl: jax.Array, pool: str, eos_token_id: int | None):
-    """The token index t_b [B] int32 each sequence is pooled at (see module docstring)."""
+    """The token index t_b [B] int32 each sequence is pooled at, for pool in POSITION_POOLS.
+
+    input_ids_bl, attention_mask_bl: [B, L]. See the module docstring for each rule.
+    """
     if pool == "last":
         return jnp.maximum(jnp.sum(attention_mask_bl != 0, axis=1) - 1, 0).astype(jnp.int32)
     if pool == "eos":
@@ -65,7 +83,7 @@ def pool_positions(input_ids_bl: jax.Array, attention_mask_bl: jax.Array, pool: 
         return jnp.argmax(input_ids_bl, axis=1).astype(jnp.int32)
     if pool == "first":
         return jnp.zeros(input_ids_bl.shape[0], jnp.int32)
-    raise ValueError(f"pool={pool!r}; allowed: {list(TEXT_POOLS)}")
+    raise ValueError(f"pool={pool!r} is not a position pool; allowed: {list(POSITION_POOLS)}")
 
 
 class TextTransformer(nnx.Module):
@@ -73,7 +91,8 @@ class TextTransformer(nnx.Module):
 
     Parameter names follow OpenAI CLIP's text tower: `token_embedding` (nnx.Embed,
     [vocab, D]), `position_embedding` [context_length, D], `transformer.blocks[i]`,
-    `ln_final`, `proj` (Linear without bias, absent when output_dim is None).
+    `ln_final`, `proj` (Linear, with a bias only when config.proj_bias; None when
+    output_dim is None).
     """
 
     def __init__(self, config: TextConfig, *, rngs: nnx.Rngs, dtype=None):
@@ -96,7 +115,7 @@ class TextTransformer(nnx.Module):
         )
         self.ln_final = layer_norm(width, config.eps, rngs=rngs, dtype=dtype)
         self.proj = (
-            linear(width, config.output_dim, rngs=rngs, dtype=dtype, use_bias=False)
+            linear(width, config.output_dim, rngs=rngs, dtype=dtype, use_bias=config.proj_bias)
             if config.output_dim is not None
             else None
         )
@@ -120,10 +139,21 @@ class TextTransformer(nnx.Module):
             )
         compute = self.dtype or jnp.float32
         x = self.token_embedding(input_ids) + self.position_embedding[:length].astype(compute)
-        mask = key_padding_mask(attention_mask)
-        if self.config.causal:
-            mask = mask & causal_mask(length)
-        x = self.ln_final(self.transformer(x, mask))
-        positions = pool_positions(input_ids, attention_mask, self.config.pool, self.config.eos_token_id)
-        pooled = jnp.take_along_axis(x, positions[:, None, None], axis=1)[:, 0]
+        x = self.ln_final(self.transformer(x, self.attend_mask(attention_mask)))
+        if self.config.pool == "mean_all":
+            pooled = jnp.mean(x, axis=1)
+        else:
+            positions = pool_positions(input_ids, attention_mask, self.config.pool, self.config.eos_token_id)
+            pooled = jnp.take_along_axis(x, positions[:, None, None], axis=1)[:, 0]
         return self.proj(pooled) if self.proj is not None else pooled
+
+    def attend_mask(self, attention_mask_bl: jax.Array) -> jax.Array | None:
+        """Bool mask broadcastable to [B, H, L, L] (True = may attend), or None when nothing is masked.
+
+        key_padding(attention_mask) if config.mask_padding, & causal(L) if config.causal.
+        """
+        length = attention_mask_bl.shape[1]
+        mask = key_padding_mask(attention_mask_bl) if self.config.mask_padding else None
+        if self.config.causal:
+            mask = causal_mask(length) if mask is None else mask & causal_mask(length)
+        return mask

@@ -5,10 +5,16 @@ Forward pass (pixels [B, H, W, 3], already normalised; p = patch_size, D = width
     patches = conv_pxp_stride_p(pixels)          # VALID, no bias -> [B, H//p, W//p, D]
     tokens  = flatten(patches) + pos[1:]         # [B, N, D], N = (H//p) * (W//p)
     tokens  = random_patch_mask(tokens)          # FLIP: keep int(N (1 - r)) of them (training only)
-    x       = concat(cls + pos[0], tokens)       # [B, 1 + N_keep, D]
-    x       = transformer(ln_pre(x))
-    pooled  = ln_post(x[:, 0])                   # 'cls';  'gap': ln_post(mean of x[:, 1:])
-    out     = pooled @ proj                      # [B, output_dim], no bias, not normalised
+    x       = concat(cls + pos[0], tokens)       # [B, T, D], T = 1 + N_keep
+    x       = transformer(ln_pre(x))             # ln_pre skipped when config.ln_pre is False (FLIP)
+    pooled  = pool(x)                            # [B, D], see below
+    out     = pooled @ proj (+ proj_bias)        # [B, output_dim], not normalised
+
+Pooling (config.pool):
+  'cls'       ln_post(x[:, 0])                          (CLIP)
+  'gap'       ln_post(mean_{t >= 1} x[:, t])            (patch tokens only, normalised after the mean)
+  'mean_all'  mean_{t = 0..T-1} ln_post(x)[:, t]        (FLIP's clr.img_avg_token: every token,
+                                                         class token included, normalised before the mean)
 
 Masking is applied after adding position embeddings, so kept tokens keep theirs; the class
 token is never masked. Image sizes that are not a multiple of p floor like CLIP's conv
@@ -25,12 +31,17 @@ from flax import nnx
 
 from fjsph_jax.models.layers import ACTIVATION_NAMES, Transformer, layer_norm, linear
 
-VIT_POOLS = ("cls", "gap")
+VIT_POOLS = ("cls", "gap", "mean_all")
 
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
-    """Architecture of a VisionTransformer. `output_dim=None` means no projection (output = width)."""
+    """Architecture of a VisionTransformer. `output_dim=None` means no projection (output = width).
+
+    `ln_pre=False` drops the LayerNorm before the first block (FLIP's ViT has none; the
+    tower then has no `ln_pre` parameters). `proj_bias=True` gives the projection a bias
+    (FLIP's `clr.proj_out_bias`). `pool` is one of VIT_POOLS (see the module docstring).
+    """
 
     image_size: int
     patch_size: int
@@ -42,6 +53,8 @@ class ViTConfig:
     act: str = "quick_gelu"
     pool: str = "cls"
     eps: float = 1e-5
+    ln_pre: bool = True
+    proj_bias: bool = False
 
     def __post_init__(self):
         if self.pool not in VIT_POOLS:
@@ -102,9 +115,9 @@ class VisionTransformer(nnx.Module):
     """Image encoder: pixels [B, H, W, 3] -> unnormalised embedding [B, output_dim] (see module doc).
 
     Parameter names follow OpenAI CLIP's visual tower: `patch_embed` (conv, kernel
-    [p, p, 3, D]), `class_embedding` [D], `position_embedding` [1 + N, D], `ln_pre`,
-    `transformer.blocks[i]`, `ln_post`, `proj` (Linear without bias, absent when
-    output_dim is None).
+    [p, p, 3, D]), `class_embedding` [D], `position_embedding` [1 + N, D], `ln_pre` (None
+    when config.ln_pre is False), `transformer.blocks[i]`, `ln_post`, `proj` (Linear, with
+    a bias only when config.proj_bias; None when output_dim is None).
     """
 
     def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs, dtype=None):
@@ -127,13 +140,13 @@ class VisionTransformer(nnx.Module):
         self.position_embedding = nnx.Param(
             scale * jax.random.normal(rngs.params(), (config.num_patches + 1, width), jnp.float32)
         )
-        self.ln_pre = layer_norm(width, config.eps, rngs=rngs, dtype=dtype)
+        self.ln_pre = layer_norm(width, config.eps, rngs=rngs, dtype=dtype) if config.ln_pre else None
         self.transformer = Transformer(
             width, config.layers, config.heads, config.mlp_dim, config.act, config.eps, rngs=rngs, dtype=dtype
         )
         self.ln_post = layer_norm(width, config.eps, rngs=rngs, dtype=dtype)
         self.proj = (
-            linear(width, config.output_dim, rngs=rngs, dtype=dtype, use_bias=False)
+            linear(width, config.output_dim, rngs=rngs, dtype=dtype, use_bias=config.proj_bias)
             if config.output_dim is not None
             else None
         )
@@ -168,7 +181,15 @@ class VisionTransformer(nnx.Module):
             tokens, _ = random_patch_mask(tokens, num_kept_patches(tokens.shape[1], mask_ratio), mask_key)
         cls = (self.class_embedding[...].astype(compute) + position[0])[None, None, :]
         x = jnp.concatenate([jnp.broadcast_to(cls, (tokens.shape[0], 1, tokens.shape[2])), tokens], axis=1)
-        x = self.transformer(self.ln_pre(x))
-        pooled = x[:, 0] if self.config.pool == "cls" else jnp.mean(x[:, 1:], axis=1)
-        pooled = self.ln_post(pooled)
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
+        pooled = self.pool_tokens(self.transformer(x))
         return self.proj(pooled) if self.proj is not None else pooled
+
+    def pool_tokens(self, hidden_btd: jax.Array) -> jax.Array:
+        """Last-block tokens [B, T, D] (class token first) -> normalised embedding [B, D] (config.pool)."""
+        if self.config.pool == "cls":
+            return self.ln_post(hidden_btd[:, 0])
+        if self.config.pool == "gap":
+            return self.ln_post(jnp.mean(hidden_btd[:, 1:], axis=1))
+        return jnp.mean(self.ln_post(hidden_btd), axis=1)  # 'mean_all'

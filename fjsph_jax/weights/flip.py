@@ -14,6 +14,14 @@ Parameter tree (``models_flip.py``; ``B`` = ``Transformer/encoderblock_NN``)::
     img_mlp1/kernel [D, P], txt_mlp1/kernel [W, P]            projections (+ bias: proj_out_bias)
     logit_scale [1]                                           used as exp(clip(s, 0, log 100))
 
+FLIP's forward pass (inference, no masking)::
+
+    x_img = encoder_norm(blocks([cls; conv(pixels) + pos[1:]]))        [B, 1 + N, D]
+    z_img = mean_t x_img[:, t]  (clr.img_avg_token, the default)  or  x_img[:, 0]
+    x_txt = encoder_norm(blocks(embed(ids) + pos))                     [B, L, W], no padding mask
+    z_txt = x_txt[:, 0]  (default)  or  mean_t x_txt[:, t]  (clr.txt_avg_token)
+    z     = z @ mlp1 (+ bias), then L2-normalised
+
 Head counts, pooling and the text options are not in the tensors: they come from a
 ``flip_config.json`` next to the checkpoint (FLIP's ml_collections config as JSON, any
 subset of it) and otherwise from FLIP's own configs (head counts by width: 512 -> 8,
@@ -22,19 +30,16 @@ subset of it) and otherwise from FLIP's own configs (head counts by width: 512 -
 How it maps onto our towers, exactly: the patch-conv bias is folded into the patch rows of
 ``position_embedding`` (FLIP adds both to every patch token before masking), the class
 token's position row is zero, ``encoder_norm`` becomes ``ln_post`` / ``ln_final``, blocks
-map one to one, the text tower is bidirectional and pooled at token 0.
+map one to one; the image tower has ``ln_pre=False`` and ``pool='mean_all'`` (or 'cls'),
+the text tower is bidirectional with ``mask_padding=False`` and ``pool='first'`` (or
+'mean_all'), and ``proj_bias`` follows ``clr.proj_out_bias`` (the presence of
+``img_mlp1/bias`` / ``txt_mlp1/bias``).
 
-What our towers cannot represent yet (each makes :func:`read_flip` raise
-``UnsupportedCheckpointError("unsupported FLIP variant: ...")``; see :func:`unsupported_features`):
-
-* FLIP's ViT has no ``ln_pre`` (tokens enter the first block unnormalised): every FLIP
-  checkpoint;
-* ``clr.img_avg_token=True`` (the default, used by the released checkpoints): the image
-  embedding is the mean over all 1 + N tokens (class token included) of
-  ``encoder_norm(x)``; ``ViTConfig.pool`` has 'cls' and 'gap' = ln_post(mean of patch tokens);
-* FLIP's text tower never masks padding (``txt_is_valid`` is unused): pad tokens are
-  attended to, while ``TextTransformer`` always masks keys where attention_mask == 0;
-* ``clr.txt_avg_token=True`` (mean over all text tokens) and ``clr.proj_out_bias=True``.
+What our towers cannot represent makes :func:`read_flip` raise
+``UnsupportedCheckpointError("<path>: unsupported FLIP variant: ...")`` naming every such
+feature (:func:`unsupported_features`): a non-square or non-RGB patch kernel, a position
+embedding that is not 1 + a square grid, a head count that does not divide the width, and
+``model.model_img.use_cls_token=False`` in the config.
 """
 
 from __future__ import annotations
@@ -80,9 +85,9 @@ _REQUIRED = (
 class FlipArchitecture:
     """A FLIP checkpoint's architecture, and the tower configs that hold its weights.
 
-    ``vision`` / ``text`` are the closest configs of our towers (cls / token-0 pooling,
-    tanh GELU, eps 1e-6, bidirectional text); :func:`unsupported_features` lists what they
-    miss for this checkpoint.
+    ``vision`` / ``text`` are the configs of our towers that compute FLIP's image and text
+    embeddings exactly (before the L2 normalisation); the other fields record the FLIP
+    options they were derived from.
     """
 
     vision: ViTConfig
@@ -95,33 +100,38 @@ class FlipArchitecture:
     logit_scale: float
 
 
-def unsupported_features(arch: FlipArchitecture) -> list[str]:
-    """What our towers would compute differently from FLIP for this checkpoint (empty: exact)."""
-    problems = [
-        "the image tower has no ln_pre (FLIP feeds [cls; patches] to the first block unnormalised; "
-        "VisionTransformer always applies ln_pre: needs a ViTConfig option to skip it)"
-    ]
-    if arch.img_avg_token:
+def unsupported_features(params: Mapping[str, np.ndarray], config: Mapping) -> list[str]:
+    """What of FLIP ``params`` (flat t5x keys, the required ones present) and ``config`` our
+    towers cannot represent; empty when the checkpoint maps exactly."""
+    problems = []
+    kernel_shape = tuple(params["img_encoder/embedding/kernel"].shape)
+    if len(kernel_shape) != 4 or kernel_shape[2] != 3 or kernel_shape[0] != kernel_shape[1]:
         problems.append(
-            "clr.img_avg_token=True: the image embedding is the mean of encoder_norm(x) over "
-            "all 1 + N tokens, class token included (ViTConfig.pool offers 'cls' and 'gap' = "
-            "ln_post(mean of patch tokens): needs a pool mode 'mean of normalised tokens, cls "
-            "included')"
+            f"img_encoder/embedding/kernel has shape {kernel_shape}; only square patches of RGB "
+            "pixels, [p, p, 3, D], are supported"
         )
-    problems.append(
-        "the text tower attends to padding tokens (FLIP applies no key-padding mask; "
-        "TextTransformer always masks keys where attention_mask == 0: needs a TextConfig option "
-        "to keep them)"
-    )
-    if arch.txt_avg_token:
+    pos_shape = tuple(params["img_encoder/posembed_encoder/pos_embedding"].shape)
+    if (
+        len(pos_shape) != 3
+        or pos_shape[1] < 2
+        or math.isqrt(pos_shape[1] - 1) ** 2 != pos_shape[1] - 1
+    ):
         problems.append(
-            "clr.txt_avg_token=True: the text embedding is the mean over all tokens "
-            "(no TextConfig.pool for it)"
+            f"img_encoder/posembed_encoder/pos_embedding has shape {pos_shape}, not [1, 1 + G * G, D] "
+            "(only square grids of patches are supported)"
         )
-    if arch.img_proj_bias or arch.txt_proj_bias:
-        problems.append(
-            "clr.proj_out_bias=True: the projections have a bias (our proj layers have none)"
-        )
+    if not _option(config, "model.model_img.use_cls_token", True):
+        problems.append("model.model_img.use_cls_token=False (the image tower needs a class token)")
+    for tower, tower_config, width in (
+        ("img_encoder", "model_img", kernel_shape[-1]),
+        ("txt_encoder", "model_txt", params["txt_encoder/token_embedding/embedding"].shape[-1]),
+    ):
+        heads = _option(config, f"model.{tower_config}.transformer.num_heads", None)
+        if heads is not None and (int(heads) <= 0 or width % int(heads) != 0):
+            problems.append(
+                f"model.{tower_config}.transformer.num_heads={heads} does not divide the "
+                f"{tower} width {width}"
+            )
     return problems
 
 
@@ -184,19 +194,15 @@ def flip_architecture(
     missing = [k for k in _REQUIRED if k not in params]
     if missing:
         raise CheckpointKeysError(source, missing=missing, what="the FLIP layout")
-    kernel = params["img_encoder/embedding/kernel"]
-    patch, patch_w, channels, width = kernel.shape
-    if channels != 3 or patch != patch_w:
+    problems = unsupported_features(params, config)
+    if problems:
         raise UnsupportedCheckpointError(
-            f"{source}: img_encoder/embedding/kernel {kernel.shape}: expected [p, p, 3, D]"
+            f"{source}: unsupported FLIP variant: " + "; ".join(problems)
         )
-    num_positions = params["img_encoder/posembed_encoder/pos_embedding"].shape[1]
-    grid = math.isqrt(num_positions - 1)
-    if grid * grid != num_positions - 1:
-        raise UnsupportedCheckpointError(
-            f"{source}: img_encoder/posembed_encoder/pos_embedding has {num_positions} rows, "
-            "not 1 + a square grid"
-        )
+    patch, _, _, width = params["img_encoder/embedding/kernel"].shape
+    grid = math.isqrt(params["img_encoder/posembed_encoder/pos_embedding"].shape[1] - 1)
+    img_avg_token = bool(_option(config, "model.clr.img_avg_token", True))
+    txt_avg_token = bool(_option(config, "model.clr.txt_avg_token", False))
     vision_layers = _count_blocks(params, "img_encoder")
     text_layers = _count_blocks(params, "txt_encoder")
     mlp = "Transformer/encoderblock_00/MlpBlock_0/Dense_0/kernel"
@@ -212,8 +218,10 @@ def flip_architecture(
         else 4 * width,
         output_dim=params["img_mlp1/kernel"].shape[1],
         act=FLIP_ACT,
-        pool="cls",
+        pool="mean_all" if img_avg_token else "cls",
         eps=FLIP_EPS,
+        ln_pre=False,
+        proj_bias="img_mlp1/bias" in params,
     )
     text = TextConfig(
         vocab_size=vocab_size,
@@ -227,8 +235,10 @@ def flip_architecture(
         output_dim=params["txt_mlp1/kernel"].shape[1],
         act=FLIP_ACT,
         causal=False,
-        pool="first",
+        pool="mean_all" if txt_avg_token else "first",
         eps=FLIP_EPS,
+        mask_padding=False,
+        proj_bias="txt_mlp1/bias" in params,
     )
     if "logit_scale" in params:
         logit_scale = float(np.clip(np.reshape(params["logit_scale"], -1)[0], 0.0, MAX_LOGIT_SCALE))
@@ -237,10 +247,10 @@ def flip_architecture(
     return FlipArchitecture(
         vision=vision,
         text=text,
-        img_avg_token=bool(_option(config, "model.clr.img_avg_token", True)),
-        txt_avg_token=bool(_option(config, "model.clr.txt_avg_token", False)),
-        img_proj_bias="img_mlp1/bias" in params,
-        txt_proj_bias="txt_mlp1/bias" in params,
+        img_avg_token=img_avg_token,
+        txt_avg_token=txt_avg_token,
+        img_proj_bias=vision.proj_bias,
+        txt_proj_bias=text.proj_bias,
         txt_cls_token=bool(_option(config, "aug.txt.cls_token", False)),
         logit_scale=logit_scale,
     )
@@ -285,7 +295,7 @@ def _fold_patch_bias(pos_1nd: np.ndarray, bias_d: np.ndarray) -> np.ndarray:
 
 
 def flip_rules(arch: FlipArchitecture) -> list[Rule]:
-    """Key map of a FLIP checkpoint onto our towers (all but the image tower's ln_pre)."""
+    """Key map of a FLIP checkpoint onto our towers (see the module docstring)."""
     rules = [
         Rule("vision", "patch_embed.kernel", ("img_encoder/embedding/kernel",)),
         Rule("vision", "class_embedding", ("img_encoder/cls",), lambda c: np.reshape(c, -1)),
@@ -311,11 +321,10 @@ def flip_rules(arch: FlipArchitecture) -> list[Rule]:
         Rule("text", "ln_final.bias", ("txt_encoder/Transformer/encoder_norm/bias",)),
         Rule("text", "proj.kernel", ("txt_mlp1/kernel",)),
     ]
-    # Projection biases are read (so they are not "unexpected"); unsupported_features rejects them.
-    if arch.img_proj_bias:
-        rules.append(Rule("unsupported", "img_mlp1/bias", ("img_mlp1/bias",)))
-    if arch.txt_proj_bias:
-        rules.append(Rule("unsupported", "txt_mlp1/bias", ("txt_mlp1/bias",)))
+    if arch.vision.proj_bias:
+        rules.append(Rule("vision", "proj.bias", ("img_mlp1/bias",)))
+    if arch.text.proj_bias:
+        rules.append(Rule("text", "proj.bias", ("txt_mlp1/bias",)))
     return rules
 
 
@@ -326,10 +335,10 @@ def _config_dirs(path: str) -> list[str]:
     return [step_dir, os.path.dirname(step_dir)]
 
 
-def read_flip_params(path: str) -> tuple[FlipArchitecture, FlatParams, FlatParams]:
-    """``(arch, vision_params, text_params)`` of a FLIP t5x checkpoint, keys checked.
+def read_flip_params(path: str) -> tuple[FlipArchitecture, FlatParams, FlatParams, dict]:
+    """``(arch, vision_params, text_params, origin)`` of a FLIP t5x checkpoint, keys checked.
 
-    ``vision_params`` lacks ``ln_pre.*`` (FLIP has none); see the module docstring.
+    ``origin[tower][key]`` names the checkpoint key(s) each parameter came from.
     """
     params = read_t5x_params(path)
     config: dict = {}
@@ -339,21 +348,24 @@ def read_flip_params(path: str) -> tuple[FlipArchitecture, FlatParams, FlatParam
             break
     arch = flip_architecture(params, config, source=path)
     # logit_scale is read by flip_architecture; optimiser-free checkpoints have nothing else.
-    mapped, _ = apply_rules(
+    mapped, origin = apply_rules(
         params, flip_rules(arch), source=path, ignorable=lambda k: k == "logit_scale"
     )
-    return arch, mapped["vision"], mapped["text"]
+    return arch, mapped["vision"], mapped["text"], origin
 
 
 def read_flip(path: str) -> dict:
-    """Reads and checks a FLIP t5x checkpoint, then raises UnsupportedCheckpointError.
+    """PretrainedTowers keyword arguments (configs, params, logit_scale, origin) of a FLIP checkpoint.
 
-    Every FLIP checkpoint needs at least one feature our towers lack (no ln_pre), so this
-    always raises, naming them all (:func:`unsupported_features`), after reporting any
-    missing or unexpected keys first. Once the towers gain those options it will return
-    the PretrainedTowers keyword arguments built from :func:`read_flip_params`.
+    Raises CheckpointKeysError (missing / unexpected tensors) or UnsupportedCheckpointError
+    (``unsupported FLIP variant: ...``, see :func:`unsupported_features`).
     """
-    arch, _, _ = read_flip_params(path)
-    raise UnsupportedCheckpointError(
-        f"{path}: unsupported FLIP variant: " + "; ".join(unsupported_features(arch))
-    )
+    arch, vision_params, text_params, origin = read_flip_params(path)
+    return {
+        "vision": arch.vision,
+        "text": arch.text,
+        "vision_params": vision_params,
+        "text_params": text_params,
+        "logit_scale": arch.logit_scale,
+        "origin": origin,
+    }
