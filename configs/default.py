@@ -18,10 +18,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "synthetic"  # synthetic | mirflickr | nuswide | coco
     config.data.manual_dir = ""  # where a real dataset's files live
-    config.data.num_items = 6000  # synthetic only
+    config.data.num_items = 22000  # synthetic only
     config.data.image_size = 32  # synthetic scenes are rendered at this size
     config.data.num_query = 1000
-    config.data.num_train = 4000
+    config.data.num_train = 20000
     config.data.split_seed = 0
     config.data.split_protocol = "random"  # random | permutation (DCHMT/MITH) | small
     config.data.data_dir = ""  # built datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.train = ml_collections.ConfigDict()
     config.train.mode = "end_to_end"  # end_to_end | frozen_encoder
     config.train.global_batch_size = 128
-    config.train.num_epochs = 24
+    config.train.num_epochs = 6
     config.train.learning_rate = 2e-3
     config.train.encoder_learning_rate = 1e-3  # used for the towers in end_to_end mode
     config.train.warmup_steps = 100
@@ -70,16 +70,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.similarity_form = "mse"  # mse | likelihood
     # Target code similarity of unrelated pairs (S = 0): T = floor + (1 - floor) S.
     # -1: opposite codes (T = 2S - 1); 0: orthogonal codes (Hamming distance K/2).
-    config.loss.similarity_floor = -1.0
+    config.loss.similarity_floor = 0.0
     config.loss.likelihood_scale = 8.0
     config.loss.contrastive_weight = 0.5
-    config.loss.similarity_weight = 1.0  # in-batch image-text term
-    config.loss.bank_similarity_weight = 1.0  # image-bank and text-bank terms
-    config.loss.quantization_weight = 0.5
+    config.loss.similarity_weight = 2.0  # in-batch image-text term
+    config.loss.bank_similarity_weight = 2.0  # image-bank and text-bank terms
+    config.loss.quantization_weight = 1.0
     config.loss.balance_weight = 0.1
     config.loss.fused_weight = 0.5  # weight of the fusion-head terms
     config.loss.eta = 0.3  # S = (1 - eta) S_sample + eta S_cluster
-    config.loss.cluster_ks = (8, 16, 32)  # k-means granularities over labels
+    config.loss.cluster_ks = (24, 48, 96)  # k-means granularities over labels
     config.loss.cluster_weights = ()  # empty: uniform
     config.loss.kmeans_iters = 50
 

@@ -47,8 +47,8 @@ def test_default_config_is_valid():
         ),
         (
             "loss.cluster_ks",
-            (8, 5000),
-            r"cluster_ks\[1\]=5000 is larger than the number of training items.*1\.\.4000",
+            (8, 50000),
+            r"cluster_ks\[1\]=50000 is larger than the number of training items.*1\.\.20000",
         ),
         (
             "loss.cluster_weights",
@@ -57,8 +57,8 @@ def test_default_config_is_valid():
         ),
         (
             "data.num_train",
-            5500,
-            r"num_query \+ config\.data\.num_train = 6500 exceeds config\.data\.num_items=6000",
+            21500,
+            r"num_query \+ config\.data\.num_train = 22500 exceeds config\.data\.num_items=22000",
         ),
         ("model.dtype", "float16", r"config\.model\.dtype='float16'.*'float32', 'bfloat16'"),
     ],
