@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from fjsph_jax import metrics, parallel, plots
 from fjsph_jax.codes import sign_pm
@@ -52,18 +51,10 @@ def encode_rows(
     Batches are padded to a fixed size (a multiple of the device count, so one
     compilation) and split over the mesh; each host loads its slice.
     """
-    devices = parallel.num_data_shards(mesh)
-    padded = -(-batch_size // devices) * devices
-    out_img, out_txt = [], []
-    for start in range(0, len(rows), padded):
-        chunk = rows[start : start + padded]
-        take = np.concatenate([chunk, np.repeat(chunk[-1:], padded - len(chunk))])
-        local = {k: v[take[parallel.host_slice(padded)]] for k, v in inputs.items()}
-        img, txt = encode_fn(params, parallel.global_batch(local, mesh))
-        img, txt = multihost_utils.process_allgather((img, txt), tiled=True)
-        out_img.append(np.asarray(img)[: len(chunk)])
-        out_txt.append(np.asarray(txt)[: len(chunk)])
-    return np.concatenate(out_img), np.concatenate(out_txt)
+    image, text = parallel.map_batches(
+        lambda batch: encode_fn(params, batch), inputs, rows, batch_size=batch_size, mesh=mesh
+    )
+    return image, text
 
 
 def evaluate_codes(

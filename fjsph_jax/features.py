@@ -18,7 +18,6 @@ from typing import Mapping
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from fjsph_jax import parallel
 from fjsph_jax.data.preprocess import normalize_images
@@ -56,22 +55,18 @@ def compute_features(
             model.text_features(batch["input_ids"], batch["attention_mask"]),
         )
 
-    devices = parallel.num_data_shards(mesh)
-    padded = -(-batch_size // devices) * devices
-    num_items = len(inputs["images"])
-    images, texts = [], []
-    for start in range(0, num_items, padded):
-        rows = np.arange(start, min(start + padded, num_items))
-        take = np.concatenate([rows, np.repeat(rows[-1:], padded - len(rows))])
-        local = {
-            k: inputs[k][take[parallel.host_slice(padded)]]
-            for k in ("images", "input_ids", "attention_mask")
-        }
-        img, txt = encode(params, parallel.global_batch(local, mesh))
-        img, txt = multihost_utils.process_allgather((img, txt), tiled=True)
-        images.append(np.asarray(img, np.float32)[: len(rows)])
-        texts.append(np.asarray(txt, np.float32)[: len(rows)])
-    return {"image_features": np.concatenate(images), "text_features": np.concatenate(texts)}
+    towers = {k: inputs[k] for k in ("images", "input_ids", "attention_mask")}
+    images, texts = parallel.map_batches(
+        lambda batch: encode(params, batch),
+        towers,
+        np.arange(len(inputs["images"])),
+        batch_size=batch_size,
+        mesh=mesh,
+    )
+    return {
+        "image_features": images.astype(np.float32),
+        "text_features": texts.astype(np.float32),
+    }
 
 
 def cached_features(path: str, compute) -> dict[str, np.ndarray]:

@@ -38,7 +38,6 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.experimental import multihost_utils
 
 from fjsph_jax import build, parallel
 from fjsph_jax.codes import sign_pm
@@ -243,18 +242,7 @@ def encode_in_batches(fn: Callable, arrays: Mapping[str, np.ndarray], *, batch_s
     over the mesh's ``data`` axis.
     """
     num_rows = len(next(iter(arrays.values())))
-    devices = parallel.num_data_shards(mesh)
-    padded = -(-min(batch_size, num_rows) // devices) * devices
-    outputs = []
-    for start in range(0, num_rows, padded):
-        rows = np.arange(start, min(start + padded, num_rows))
-        take = np.concatenate([rows, np.repeat(rows[-1:], padded - len(rows))])
-        local = {k: v[take[parallel.host_slice(padded)]] for k, v in arrays.items()}
-        result = multihost_utils.process_allgather(
-            fn(parallel.global_batch(local, mesh)), tiled=True
-        )
-        outputs.append(np.asarray(result)[: len(rows)])
-    return np.concatenate(outputs)
+    return parallel.map_batches(fn, arrays, np.arange(num_rows), batch_size=batch_size, mesh=mesh)
 
 
 @dataclasses.dataclass

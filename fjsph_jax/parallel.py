@@ -115,6 +115,30 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
     }
 
 
+def map_batches(fn, arrays: Mapping[str, np.ndarray], rows: np.ndarray, *, batch_size: int,
+                mesh: Mesh) -> Any:
+    """``fn(global_batch)`` over dataset ``rows`` of ``arrays``, gathered back to numpy.
+
+    Rows go in batches of ``min(batch_size, len(rows))`` rounded up to a multiple of the
+    device count; the last batch is padded by repeating its last row, so ``fn`` compiles
+    for one shape. Each batch is split over ``data`` (every host loads its slice) and the
+    outputs are all-gathered. Returns ``fn``'s output pytree with leaves ``[len(rows), ...]``.
+    """
+    from jax.experimental import multihost_utils
+
+    rows = np.asarray(rows)
+    devices = num_data_shards(mesh)
+    padded = -(-min(batch_size, max(len(rows), 1)) // devices) * devices
+    outputs = []
+    for start in range(0, len(rows), padded):
+        chunk = rows[start : start + padded]
+        take = np.concatenate([chunk, np.repeat(chunk[-1:], padded - len(chunk))])
+        local = {k: v[take[host_slice(padded)]] for k, v in arrays.items()}
+        result = multihost_utils.process_allgather(fn(global_batch(local, mesh)), tiled=True)
+        outputs.append(jax.tree.map(lambda x, n=len(chunk): np.asarray(x)[:n], result))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
+
+
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
     """Places every leaf of ``tree`` fully replicated on the mesh."""
     return jax.device_put(tree, replicated(mesh))

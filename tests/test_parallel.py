@@ -51,3 +51,19 @@ def test_no_distributed_init_without_cluster_env(monkeypatch):
     ):
         monkeypatch.delenv(var, raising=False)
     assert parallel.maybe_initialize_distributed() is False
+
+
+def test_map_batches_pads_gathers_and_keeps_row_order():
+    mesh = parallel.make_mesh()
+    arrays = {"x": np.arange(50, dtype=np.float32).reshape(25, 2)}
+    rows = np.array([24, 0, 7, 7, 13])
+    calls = []
+
+    def fn(batch):
+        calls.append(batch["x"].shape)
+        return batch["x"] * 2, batch["x"].sum(axis=1)
+
+    doubled, sums = parallel.map_batches(fn, arrays, rows, batch_size=3, mesh=mesh)
+    np.testing.assert_array_equal(doubled, arrays["x"][rows] * 2)
+    np.testing.assert_array_equal(sums, arrays["x"][rows].sum(axis=1))
+    assert set(calls) == {(8, 2)}  # one padded shape: 3 rounded up to the 8 devices
