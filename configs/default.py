@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     # -1: opposite codes (T = 2S - 1); 0: orthogonal codes (Hamming distance K/2).
     config.loss.similarity_floor = 0.0
     config.loss.likelihood_scale = 8.0
-    config.loss.contrastive_weight = 0.03
+    config.loss.contrastive_weight = 0.01
     config.loss.similarity_weight = 2.0  # in-batch image-text term
     config.loss.bank_similarity_weight = 2.0  # image-bank and text-bank terms
     config.loss.quantization_weight = 1.0
