@@ -53,18 +53,10 @@ _NS_BUCKET = 8  # ns lists are padded to a multiple of this length (fewer recomp
 
 def _check_matrix(array: Any, name: str) -> jax.Array:
     """Returns ``array`` as a non-empty 2-D jax array, else raises a ValueError."""
-    array = jnp.asarray(array)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array, got shape {tuple(array.shape)}.")
-    if array.shape[0] == 0 or array.shape[1] == 0:
-        raise ValueError(f"{name} must be non-empty, got shape {tuple(array.shape)}.")
-    return array
+    return jnp.asarray(index_lib._check_2d(array, name))
 
 
-@jax.jit
-def _holds_only_plus_minus_one(array: jax.Array) -> jax.Array:
-    """True when every entry of ``array`` is -1 or +1."""
-    return jnp.all(jnp.abs(array) == 1)
+_holds_only_plus_minus_one = index_lib._all_plus_minus_one  # True when all entries are ±1
 
 
 @jax.jit
