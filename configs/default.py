@@ -29,6 +29,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.min_tag_count = 20  # MIRFlickr official zips: keep tags used >= this often
     config.data.caption = "first"  # COCO: first | random | an index
     config.data.resize = "center_crop"  # center_crop | squash
+    # memory: decode every image once into RAM (synthetic, small datasets);
+    # stream: read batches from the ArrayRecord build, decoded on grain threads per step.
+    config.data.loader = "memory"  # memory | stream
+    config.data.read_threads = 2  # threads loading batches ahead of the train step
     config.data.context_length = 24  # text tokens, incl. bos/eos
     config.data.image_mean = (0.5, 0.5, 0.5)  # per-channel normalisation on device
     config.data.image_std = (0.5, 0.5, 0.5)

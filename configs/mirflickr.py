@@ -18,6 +18,7 @@ def get_config():
     config.data.num_query = 2000
     config.data.num_train = 10000
     config.data.image_size = 224
+    config.data.loader = "stream"  # decode JPEGs per batch (grain); "memory" holds ~3 GB
     config.data.context_length = 77
     config.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     config.data.image_std = (0.26862954, 0.26130258, 0.27577711)

@@ -121,6 +121,8 @@ _NON_TRAJECTORY_KEYS = (
     ("train", "log_every_steps"),
     ("train", "checkpoint_every_steps"),
     ("train", "max_checkpoints_to_keep"),
+    ("data", "loader"),  # memory and stream give identical batches
+    ("data", "read_threads"),
 )
 
 

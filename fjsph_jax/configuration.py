@@ -16,6 +16,7 @@ SIMILARITY_FORMS = ("mse", "likelihood")
 DTYPES = ("float32", "bfloat16")
 SPLIT_PROTOCOLS = ("random", "permutation", "small")
 RESIZE_MODES = ("center_crop", "squash")
+LOADERS = ("memory", "stream")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,14 @@ def validate_config(config, num_devices: int) -> None:
     _choice("config.train.mode", config.train.mode, TRAIN_MODES)
     _choice("config.data.split_protocol", config.data.split_protocol, SPLIT_PROTOCOLS)
     _choice("config.data.resize", config.data.resize, RESIZE_MODES)
+    loader = config.data.get("loader", "memory")
+    _choice("config.data.loader", loader, LOADERS)
+    if loader == "stream" and config.data.name == "synthetic":
+        raise ConfigError(
+            "config.data.loader='stream' reads a built dataset (mirflickr, nuswide, coco); "
+            "the synthetic scenes are generated in memory: use config.data.loader='memory'"
+        )
+    _positive("config.data.read_threads", config.data.get("read_threads", 2))
     caption = config.data.caption
     if caption not in ("first", "random") and not str(caption).isdigit():
         raise ConfigError(

@@ -40,7 +40,7 @@ def make_encode_fn(graphdef, settings: StepSettings) -> Callable:
 def encode_rows(
     encode_fn: Callable,
     params,
-    inputs: Mapping[str, np.ndarray],
+    source,
     rows: np.ndarray,
     *,
     batch_size: int,
@@ -48,11 +48,13 @@ def encode_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes of dataset ``rows`` for both modalities: int8 ``[len(rows), K]`` each.
 
-    Batches are padded to a fixed size (a multiple of the device count, so one
-    compilation) and split over the mesh; each host loads its slice.
+    ``source`` is a mapping of ``[N, ...]`` model inputs or a row loader
+    (:mod:`fjsph_jax.data.loaders`, e.g. the streamed dataset). Batches are padded to a
+    fixed size (a multiple of the device count, so one compilation) and split over the
+    mesh; each host loads its slice.
     """
     image, text = parallel.map_batches(
-        lambda batch: encode_fn(params, batch), inputs, rows, batch_size=batch_size, mesh=mesh
+        lambda batch: encode_fn(params, batch), source, rows, batch_size=batch_size, mesh=mesh
     )
     return image, text
 

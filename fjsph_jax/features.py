@@ -27,7 +27,9 @@ def features_fingerprint(config, num_items: int) -> str:
     """Hash of what determines the features: towers, data, seed, initial checkpoint."""
     keys = {
         "model": {k: config.model[k] for k in ("vision", "text", "feature_dim", "dtype")},
-        "data": config.data.to_dict(),
+        "data": {
+            k: v for k, v in config.data.to_dict().items() if k not in ("loader", "read_threads")
+        },
         "seed": config.seed,
         "checkpoint": config.init.checkpoint,
         "num_items": num_items,
@@ -36,13 +38,20 @@ def features_fingerprint(config, num_items: int) -> str:
 
 
 def compute_features(
-    encoder_model, inputs: Mapping[str, np.ndarray], *, image_mean, image_std, batch_size: int, mesh
+    encoder_model, source, *, num_items: int | None = None, image_mean, image_std,
+    batch_size: int, mesh
 ) -> dict[str, np.ndarray]:
-    """``{'image_features': [N, D], 'text_features': [N, D]}`` of every item in ``inputs``.
+    """``{'image_features': [N, D], 'text_features': [N, D]}`` of rows ``0..N-1`` of ``source``.
 
-    ``inputs`` holds ``images`` uint8 [N, H, W, 3], ``input_ids`` and
-    ``attention_mask`` [N, L]; batches are padded to one size and split over the mesh.
+    ``source`` is a mapping of arrays or a row loader (:mod:`fjsph_jax.data.loaders`) giving
+    ``images`` uint8 [B, H, W, 3], ``input_ids`` and ``attention_mask`` [B, L]; ``num_items``
+    (N) is required for a loader. Batches are padded to one size and split over the mesh.
     """
+    if isinstance(source, Mapping):
+        source = {k: source[k] for k in ("images", "input_ids", "attention_mask")}
+        num_items = len(source["images"]) if num_items is None else num_items
+    if num_items is None:
+        raise ValueError("compute_features needs num_items when the source is a row loader")
     graphdef, params = nnx.split(encoder_model)
     params = parallel.put_replicated(params, mesh)
 
@@ -55,11 +64,10 @@ def compute_features(
             model.text_features(batch["input_ids"], batch["attention_mask"]),
         )
 
-    towers = {k: inputs[k] for k in ("images", "input_ids", "attention_mask")}
     images, texts = parallel.map_batches(
         lambda batch: encode(params, batch),
-        towers,
-        np.arange(len(inputs["images"])),
+        source,
+        np.arange(num_items),
         batch_size=batch_size,
         mesh=mesh,
     )

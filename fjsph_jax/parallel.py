@@ -115,10 +115,12 @@ def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str,
     }
 
 
-def map_batches(fn, arrays: Mapping[str, np.ndarray], rows: np.ndarray, *, batch_size: int,
-                mesh: Mesh) -> Any:
-    """``fn(global_batch)`` over dataset ``rows`` of ``arrays``, gathered back to numpy.
+def map_batches(fn, source, rows: np.ndarray, *, batch_size: int, mesh: Mesh,
+                prefetch: int = 2) -> Any:
+    """``fn(global_batch)`` over dataset ``rows`` of ``source``, gathered back to numpy.
 
+    ``source`` is a mapping of ``[N, ...]`` arrays or a row loader (``load(rows) -> dict``,
+    :mod:`fjsph_jax.data.loaders`); loaders run ``prefetch`` batches ahead on threads.
     Rows go in batches of ``min(batch_size, len(rows))`` rounded up to a multiple of the
     device count; the last batch is padded by repeating its last row, so ``fn`` compiles
     for one shape. Each batch is split over ``data`` (every host loads its slice) and the
@@ -126,16 +128,26 @@ def map_batches(fn, arrays: Mapping[str, np.ndarray], rows: np.ndarray, *, batch
     """
     from jax.experimental import multihost_utils
 
+    from fjsph_jax.data.loaders import as_row_loader, prefetched
+
+    load = as_row_loader(source)
     rows = np.asarray(rows)
     devices = num_data_shards(mesh)
     padded = -(-min(batch_size, max(len(rows), 1)) // devices) * devices
-    outputs = []
-    for start in range(0, len(rows), padded):
+    starts = range(0, len(rows), padded)
+
+    def host_rows(start: int) -> np.ndarray:
         chunk = rows[start : start + padded]
         take = np.concatenate([chunk, np.repeat(chunk[-1:], padded - len(chunk))])
-        local = {k: v[take[host_slice(padded)]] for k, v in arrays.items()}
+        return take[host_slice(padded)]
+
+    outputs = []
+    local_batches = prefetched(load, (host_rows(s) for s in starts),
+                               depth=0 if isinstance(source, Mapping) else prefetch)
+    for start, local in zip(starts, local_batches):
         result = multihost_utils.process_allgather(fn(global_batch(local, mesh)), tiled=True)
-        outputs.append(jax.tree.map(lambda x, n=len(chunk): np.asarray(x)[:n], result))
+        count = min(padded, len(rows) - start)
+        outputs.append(jax.tree.map(lambda x, n=count: np.asarray(x)[:n], result))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
 

@@ -1,10 +1,11 @@
 """FJSPH training and evaluation: ``train_and_evaluate(config, workdir)``.
 
-The loop (everything heavy is jitted; the host only assembles batch indices):
+The loop (everything heavy is jitted; the host only loads batches, ahead, on threads):
 
     for step in [start, total):
         if step > 0 and step % update_every == 0:  B <- DCC step on (F, G)   (jit, on device)
-        batch <- rows EpochBatcher(step) of the training split (each host: its slice)
+        batch <- MeshBatchIterator: rows EpochBatcher(step) of the training split, each host
+                 its slice, read by the run's row loader (memory or streamed) on grain threads
         state, metrics <- train_step(state, batch, S factors, bank_active)  (jit, donated)
         every log_every steps: JSONL line + progress bar (one device->host sync)
         every checkpoint_every steps (and on preemption): async orbax save
@@ -12,8 +13,8 @@ The loop (everything heavy is jitted; the host only assembles batch indices):
 then the query and database splits are encoded, MAP / P@N / PR computed for i2t and
 t2i next to the random-codes chance level, and ``results.json`` plus PNG plots are
 written. A run restarted with the same workdir resumes from its latest checkpoint;
-because batches and step keys are pure functions of the step it reaches exactly the
-parameters of an uninterrupted run.
+because batches and step keys are pure functions of the step (the iterator state saved in
+each checkpoint is ``{"step": s}``) it reaches exactly the parameters of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -26,18 +27,17 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fjsph_jax import build, evaluate, features, parallel
+from fjsph_jax import build, evaluate, parallel
 from fjsph_jax import codes as codes_lib
 from fjsph_jax import similarity as similarity_lib
 from fjsph_jax.checkpointing import Checkpointer, config_fingerprint
 from fjsph_jax.configuration import validate_config
 from fjsph_jax.data.batches import EpochBatcher
-from fjsph_jax.data.sources import load_dataset, load_splits
-from fjsph_jax.data.tokenizer import WordTokenizer
+from fjsph_jax.data.pipeline import MeshBatchIterator, train_batches
+from fjsph_jax.inputs import TrainingData, prepare_training_data
 from fjsph_jax.step import StepSettings, TrainState, code_update, make_train_step
 
 
@@ -60,54 +60,6 @@ def _progress(total: int, initial: int):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-def prepare_inputs(config, workdir: str, mesh, towers=None):
-    """Dataset, splits, tokenizer and the per-item model inputs (numpy, all rows).
-
-    Returns ``(dataset, splits, tokenizer, vocab_size, inputs)`` where ``inputs`` maps
-    names to ``[N_all, ...]`` arrays: images / input_ids / attention_mask end to end, or
-    the cached tower features in frozen-encoder mode. With pretrained ``towers`` the
-    checkpoint's tokenizer and vocabulary are used; otherwise a word tokenizer is built
-    from the training texts and saved to ``<workdir>/tokenizer.json``.
-    """
-    os.makedirs(workdir, exist_ok=True)
-    if towers is not None:
-        from fjsph_jax import weights
-
-        tokenizer = towers.tokenizer or weights.require_tokenizer(config.init.checkpoint)
-    dataset = load_dataset(config.data, seed=config.seed)
-    splits = load_splits(config.data, dataset)
-    if towers is None:
-        tokenizer = WordTokenizer.from_texts([dataset.texts[i] for i in splits.train])
-        if jax.process_index() == 0:
-            tokenizer.save(os.path.join(workdir, "tokenizer.json"))
-    vocab_size = towers.text.vocab_size if towers is not None else tokenizer.vocab_size
-    input_ids, attention_mask = tokenizer.encode(dataset.texts, config.data.context_length)
-    inputs = {
-        "images": dataset.images,
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-    }
-    if config.train.mode == "frozen_encoder":
-        cache = os.path.join(
-            workdir, f"features-{features.features_fingerprint(config, len(dataset))}.npz"
-        )
-        encoders = build.build_model(
-            config, vocab_size, with_encoders=True, seed=config.seed, towers=towers
-        )
-        inputs = features.cached_features(
-            cache,
-            lambda: features.compute_features(
-                encoders,
-                inputs,
-                image_mean=tuple(config.data.image_mean),
-                image_std=tuple(config.data.image_std),
-                batch_size=config.eval.batch_size,
-                mesh=mesh,
-            ),
-        )
-    return dataset, splits, tokenizer, vocab_size, inputs
 
 
 def _state_shardings(state: TrainState, mesh, num_train: int):
@@ -144,6 +96,24 @@ def init_train_state(config, model, optimizer, num_train: int, mesh) -> TrainSta
     return jax.device_put(state, _state_shardings(state, mesh, num_train))
 
 
+def _resumed_data_position(meta: dict, step: int) -> int:
+    """The step the data iterator resumes at, from a checkpoint's ``meta``.
+
+    Checkpoints store the iterator state ``{"step": s}`` (older ones the bare step). It must
+    equal the state's step: batches are a pure function of the step, so a mismatch means
+    the checkpoint's parts were not written together.
+    """
+    position = meta.get("data_position", step)
+    position = int(position["step"] if isinstance(position, dict) else position)
+    if position != step:
+        raise ValueError(
+            f"checkpoint at step {step} records data position {position}: its state and its "
+            "data iterator disagree; delete the checkpoint directory's latest step to resume "
+            "from the one before"
+        )
+    return position
+
+
 def _code_update_every(config, steps_per_epoch: int) -> int:
     every = config.codes.update_every_steps
     return steps_per_epoch if every <= 0 else every
@@ -176,7 +146,8 @@ def train_and_evaluate(
             f.write(config.to_json_best_effort(indent=2))
 
     towers = build.load_pretrained_towers(config)  # checkpoint errors before data errors
-    dataset, splits, _, vocab_size, inputs = prepare_inputs(config, workdir, mesh, towers)
+    data = prepare_training_data(config, workdir, mesh, towers)
+    splits, vocab_size = data.splits, data.vocab_size
     num_train = len(splits.train)
     end_to_end = config.train.mode == "end_to_end"
     model = build.build_model(
@@ -195,7 +166,7 @@ def train_and_evaluate(
     settings = StepSettings.from_config(config)
 
     sim = similarity_lib.build_joint_similarity(
-        dataset.labels[splits.train],
+        data.labels[splits.train],
         cluster_ks=tuple(config.loss.cluster_ks),
         cluster_weights=tuple(config.loss.cluster_weights) or None,
         eta=config.loss.eta,
@@ -213,9 +184,10 @@ def train_and_evaluate(
     )
     fingerprint = config_fingerprint(config)
     restored = checkpointer.restore(state, fingerprint=fingerprint)
+    start_step = 0
     if restored is not None:
-        state, _ = restored
-    start_step = int(jax.device_get(state.step))
+        state, meta = restored
+        start_step = _resumed_data_position(meta, int(jax.device_get(state.step)))
 
     rep = parallel.replicated(mesh)
     step_fn = make_train_step(graphdef, optimizer, settings, shardings, rep)
@@ -232,8 +204,18 @@ def train_and_evaluate(
         out_shardings=shardings.bank,
     )
 
-    train_rows = splits.train
-    host_rows = parallel.host_slice(config.train.global_batch_size)
+    batches = MeshBatchIterator(
+        train_batches(
+            data.load_rows,
+            splits.train,
+            global_batch_size=config.train.global_batch_size,
+            seed=config.seed,
+            num_steps=total_steps,
+        ),
+        mesh,
+        start_step=start_step,
+        read_threads=config.data.get("read_threads", 2),
+    )
     writer = MetricsWriter(workdir)
     progress = _progress(total_steps, start_step)
     end_step = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
@@ -246,42 +228,46 @@ def train_and_evaluate(
             flush=True,
         )
 
-    for step in range(start_step, end_step):
-        if step > 0 and step % update_every == 0:
-            state = state._replace(bank=update_fn(state.bank, sim))
-        bank_active = jnp.float32(step >= update_every)
-        positions = batcher.indices(step)[host_rows]
-        local = {k: v[train_rows[positions]] for k, v in inputs.items()}
-        local["index"] = positions.astype(np.int32)
-        state, metrics = step_fn(state, parallel.global_batch(local, mesh), sim, bank_active)
-        running = metrics if running is None else jax.tree.map(jnp.add, running, metrics)
-        count += 1
+    try:
+        for step in range(start_step, end_step):
+            if step > 0 and step % update_every == 0:
+                state = state._replace(bank=update_fn(state.bank, sim))
+            bank_active = jnp.float32(step >= update_every)
+            state, metrics = step_fn(state, next(batches), sim, bank_active)
+            running = metrics if running is None else jax.tree.map(jnp.add, running, metrics)
+            count += 1
 
-        done = step + 1
-        if done % config.train.log_every_steps == 0 or done == end_step:
-            values = {k: float(v) / count for k, v in jax.device_get(running).items()}
-            elapsed = time.perf_counter() - t0
-            record = {
+            done = step + 1
+            if done % config.train.log_every_steps == 0 or done == end_step:
+                values = {k: float(v) / count for k, v in jax.device_get(running).items()}
+                elapsed = time.perf_counter() - t0
+                record = {
+                    "step": done,
+                    "epoch": done / batcher.steps_per_epoch,
+                    **values,
+                    "examples_per_sec": count * config.train.global_batch_size / elapsed,
+                }
+                writer.write(record)
+                if progress is not None:
+                    progress.update(done - progress.n)
+                    progress.set_postfix(
+                        loss=f"{values['loss']:.4f}", ex_s=f"{record['examples_per_sec']:.0f}"
+                    )
+                running, count, t0 = None, 0, time.perf_counter()
+
+            meta = {
                 "step": done,
-                "epoch": done / batcher.steps_per_epoch,
-                **values,
-                "examples_per_sec": count * config.train.global_batch_size / elapsed,
+                "data_position": batches.get_state(),
+                "config_fingerprint": fingerprint,
             }
-            writer.write(record)
-            if progress is not None:
-                progress.update(done - progress.n)
-                progress.set_postfix(
-                    loss=f"{values['loss']:.4f}", ex_s=f"{record['examples_per_sec']:.0f}"
-                )
-            running, count, t0 = None, 0, time.perf_counter()
-
-        meta = {"step": done, "data_position": done, "config_fingerprint": fingerprint}
-        if checkpointer.reached_preemption(done):
-            checkpointer.save(done, state, meta, force=True)
-            checkpointer.close()
-            logging.warning("preemption signal: saved step %d and stopping", done)
-            return None
-        checkpointer.save(done, state, meta, force=(done == end_step))
+            if checkpointer.reached_preemption(done):
+                checkpointer.save(done, state, meta, force=True)
+                checkpointer.close()
+                logging.warning("preemption signal: saved step %d and stopping", done)
+                return None
+            checkpointer.save(done, state, meta, force=(done == end_step))
+    finally:
+        batches.close()
 
     if progress is not None:
         progress.close()
@@ -289,23 +275,24 @@ def train_and_evaluate(
     if end_step < total_steps:
         return None
 
-    results = evaluate_model(config, graphdef, state.params, inputs, dataset, splits, mesh)
+    results = evaluate_model(config, graphdef, state.params, data, mesh)
     if jax.process_index() == 0:
         evaluate.write_results(workdir, results)
         print(evaluate.format_table(results), flush=True)
     return results
 
 
-def evaluate_model(config, graphdef, params, inputs, dataset, splits, mesh) -> dict:
+def evaluate_model(config, graphdef, params, data: TrainingData, mesh) -> dict:
     """MAP@all / MAP@K / P@N / PR for i2t and t2i, plus the random-codes chance level."""
     encode_fn = evaluate.make_encode_fn(graphdef, StepSettings.from_config(config))
-    query = evaluate.encode_rows(
-        encode_fn, params, inputs, splits.query, batch_size=config.eval.batch_size, mesh=mesh
+    splits = data.splits
+    query, db = (
+        evaluate.encode_rows(
+            encode_fn, params, data.load_rows, rows, batch_size=config.eval.batch_size, mesh=mesh
+        )
+        for rows in (splits.query, splits.database)
     )
-    db = evaluate.encode_rows(
-        encode_fn, params, inputs, splits.database, batch_size=config.eval.batch_size, mesh=mesh
-    )
-    q_labels, db_labels = dataset.labels[splits.query], dataset.labels[splits.database]
+    q_labels, db_labels = data.labels[splits.query], data.labels[splits.database]
     results = {
         "bits": config.bits,
         "top_k": config.eval.top_k,

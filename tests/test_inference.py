@@ -9,9 +9,10 @@ from flax import nnx
 from PIL import Image
 from tiny import tiny_config
 
-from fjsph_jax import build, evaluate, inference, parallel, train
+from fjsph_jax import build, evaluate, inference, inputs, parallel, train
 from fjsph_jax.checkpointing import Checkpointer
 from fjsph_jax.data import images as images_lib
+from fjsph_jax.data.sources import load_dataset
 from fjsph_jax.step import StepSettings
 
 
@@ -31,10 +32,13 @@ def run(tmp_path_factory):
 
 
 def evaluation_codes(config, workdir, params, rows):
-    """What training's evaluation computes for ``rows``: evaluate.encode_rows on the
-    inputs prepare_inputs builds (pixels and tokens, or the cached frozen features)."""
+    """What training's evaluation computes for ``rows``: evaluate.encode_rows on the row
+    loader prepare_training_data builds (pixels and tokens, or the cached frozen features),
+    and the dataset itself."""
     mesh = parallel.make_mesh()
-    dataset, _, _, vocab_size, inputs = train.prepare_inputs(config, workdir, mesh)
+    data = inputs.prepare_training_data(config, workdir, mesh)
+    vocab_size = data.vocab_size
+    dataset = load_dataset(config.data, seed=config.seed)
     abstract = nnx.eval_shape(
         lambda: build.build_model(
             config, vocab_size, with_encoders=config.train.mode == "end_to_end", seed=config.seed
@@ -42,7 +46,9 @@ def evaluation_codes(config, workdir, params, rows):
     )
     graphdef, _ = nnx.split(abstract)
     encode_fn = evaluate.make_encode_fn(graphdef, StepSettings.from_config(config))
-    image, text = evaluate.encode_rows(encode_fn, params, inputs, rows, batch_size=64, mesh=mesh)
+    image, text = evaluate.encode_rows(
+        encode_fn, params, data.load_rows, rows, batch_size=64, mesh=mesh
+    )
     return dataset, image, text
 
 
@@ -78,14 +84,15 @@ def test_end_to_end_run_encodes_like_evaluation(run, tmp_path):
 
 def test_frozen_encoder_run_rebuilds_the_towers(tmp_path):
     """Heads-only checkpoint + towers rebuilt from the seed = codes from training's cached
-    features (prepare_inputs computes and caches them exactly as a frozen run does)."""
+    features (prepare_training_data computes and caches them exactly as a frozen run does)."""
     config = tiny_config(**{"train.mode": "frozen_encoder", "model.interaction": "none"})
     workdir = str(tmp_path / "frozen")
     os.makedirs(workdir)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort())
     mesh = parallel.make_mesh()
-    _, _, tokenizer, vocab_size, _ = train.prepare_inputs(config, workdir, mesh)  # tokenizer.json
+    data = inputs.prepare_training_data(config, workdir, mesh)  # writes tokenizer.json
+    tokenizer, vocab_size = data.tokenizer, data.vocab_size
     heads = build.build_model(config, vocab_size, with_encoders=False, seed=123)  # not the seed
     _, params = nnx.split(heads)
     checkpointer = Checkpointer(

@@ -8,24 +8,25 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fjsph_jax import build, parallel, train
+from fjsph_jax import build, inputs, parallel, train
 from fjsph_jax import similarity as similarity_lib
 from fjsph_jax.data.batches import EpochBatcher
 from fjsph_jax.step import StepSettings, make_train_step
-from tiny import tiny_config
+from tiny import tiny_built_config, tiny_config, write_tiny_mirflickr
 
 
 def _one_step(config, devices, workdir):
     """Runs the first two train steps (the second with an active bank) on ``devices``."""
     mesh = parallel.make_mesh(devices)
-    dataset, splits, _, vocab_size, inputs = train.prepare_inputs(config, workdir, mesh)
+    data = inputs.prepare_training_data(config, workdir, mesh)
+    splits, vocab_size = data.splits, data.vocab_size
     model = build.build_model(config, vocab_size, with_encoders=True, seed=0)
     graphdef, params = nnx.split(model)
     optimizer = build.build_optimizer(config, params, total_steps=10)
     num_train = len(splits.train)
     state = train.init_train_state(config, model, optimizer, num_train, mesh)
     sim = similarity_lib.build_joint_similarity(
-        dataset.labels[splits.train], cluster_ks=(4, 8), eta=0.3, key=jax.random.PRNGKey(0)
+        data.labels[splits.train], cluster_ks=(4, 8), eta=0.3, key=jax.random.PRNGKey(0)
     )
     sim = jax.device_put(sim, train._similarity_shardings(sim, mesh))
     shardings = train._state_shardings(state, mesh, num_train)
@@ -36,7 +37,7 @@ def _one_step(config, devices, workdir):
     losses = []
     for step, active in ((0, 0.0), (1, 1.0)):
         pos = batcher.indices(step)
-        local = {k: v[splits.train[pos]] for k, v in inputs.items()}
+        local = data.load_rows(splits.train[pos])
         local["index"] = pos.astype(np.int32)
         state, metrics = step_fn(state, parallel.global_batch(local, mesh), sim, np.float32(active))
         losses.append(jax.device_get(metrics))
@@ -95,6 +96,41 @@ def test_resume_reaches_the_same_parameters(tmp_path):
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().strip().splitlines()
     steps = [json.loads(line)["step"] for line in lines]
     assert steps[-1] == 8 and 4 in steps
+
+
+def test_streamed_run_resumes_in_memory_exactly(tmp_path):
+    """The grain-streamed loader trains on the batches the in-memory one does: a run
+    streamed to step 4 (iterator state saved with the checkpoint) and resumed with the
+    memory loader ends with the parameters of an uninterrupted in-memory run."""
+    from fjsph_jax.checkpointing import Checkpointer
+
+    write_tiny_mirflickr(tmp_path)
+    memory = tiny_built_config(tmp_path, **{"data.loader": "memory"})
+    stream = tiny_built_config(tmp_path, **{"data.loader": "stream"})
+    full = train.train_and_evaluate(memory, str(tmp_path / "full"))  # 6 steps
+    assert train.train_and_evaluate(stream, str(tmp_path / "split"), stop_after_steps=4) is None
+    ckpt = Checkpointer(str(tmp_path / "split" / "checkpoints"), max_to_keep=2,
+                        save_interval_steps=4)
+    assert ckpt.restore_untyped(4)[1]["data_position"] == {"step": 4}
+    ckpt.close()
+    resumed = train.train_and_evaluate(memory, str(tmp_path / "split"))
+    assert resumed["t2i"]["map_all"] == pytest.approx(full["t2i"]["map_all"], abs=1e-6)
+    finals = []
+    for name in ("full", "split"):
+        ckpt = Checkpointer(str(tmp_path / name / "checkpoints"), max_to_keep=2,
+                            save_interval_steps=4)
+        finals.append(jax.tree.leaves(ckpt.restore_untyped(6)[0]["params"]))
+        ckpt.close()
+    assert len(finals[0]) == len(finals[1]) > 10
+    for a, b in zip(*finals):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_rejects_a_checkpoint_whose_data_position_disagrees():
+    assert train._resumed_data_position({"data_position": {"step": 7}}, 7) == 7
+    assert train._resumed_data_position({"data_position": 7}, 7) == 7  # older checkpoints
+    with pytest.raises(ValueError, match="step 7 records data position 6"):
+        train._resumed_data_position({"data_position": {"step": 6}}, 7)
 
 
 def test_run_writes_results_plots_and_logs(tmp_path):

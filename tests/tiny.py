@@ -40,3 +40,29 @@ def tiny_config(**overrides):
             node = node[p]
         node[leaf] = value
     return config
+
+
+def tiny_built_config(root, **overrides):
+    """tiny_config on the 40-pair MIRFlickr-like dataset :func:`write_tiny_mirflickr` wrote
+    under ``root``: 8 query, 24 train, batch 8 (3 steps per epoch), 32 px images."""
+    return tiny_config(
+        **{
+            "data.name": "mirflickr",
+            "data.manual_dir": str(root / "src"),
+            "data.data_dir": str(root / "tfds"),
+            "data.num_query": 8,
+            "data.num_train": 24,
+            "data.split_protocol": "random",
+            "loss.cluster_ks": (2, 4),
+            "train.global_batch_size": 8,
+            **overrides,
+        }
+    )
+
+
+def write_tiny_mirflickr(root):
+    """40 random JPEG / tag / 5-label rows in the cleaned text-file layout, ``root/src``."""
+    from fjsph_jax.data import testing
+
+    testing.write_text_files(str(root / "src"), testing.make_rows(40, 5, size=40, seed=3))
+    return root

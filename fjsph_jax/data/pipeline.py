@@ -52,6 +52,8 @@ class ExampleEncoder:
       caption_seed: the seed of the "random" choice (``config.data.split_seed`` in memory).
       image_mean, image_std: if given, images come out float32 ``(x / 255 - mean) / std``;
         else uint8 (the train step normalises on device).
+      with_labels: whether batches carry ``labels`` (training reads labels once, up front,
+        for the similarity factors, so its batches leave them out).
     """
 
     source: Any
@@ -63,6 +65,7 @@ class ExampleEncoder:
     caption_seed: int = 0
     image_mean: Sequence[float] | None = None
     image_std: Sequence[float] | None = None
+    with_labels: bool = True
 
     def __post_init__(self):
         check_caption_choice(self.caption)
@@ -75,7 +78,7 @@ class ExampleEncoder:
 
     def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Rows (int ``[B]``) -> ``images [B, S, S, 3]``, ``input_ids`` / ``attention_mask``
-        int32 ``[B, L]``, ``labels`` uint8 ``[B, C]``."""
+        int32 ``[B, L]``, ``labels`` uint8 ``[B, C]`` (if ``with_labels``)."""
         rows = np.asarray(rows, np.int64)
         size = self.image_size
         pixels = np.empty((rows.size, size, size, 3), np.uint8)
@@ -94,8 +97,9 @@ class ExampleEncoder:
             "images": pixels,
             "input_ids": input_ids.astype(np.int32),
             "attention_mask": attention_mask.astype(np.int32),
-            "labels": np.stack(labels) if labels else np.zeros((0, 0), np.uint8),
         }
+        if self.with_labels:
+            batch["labels"] = np.stack(labels) if labels else np.zeros((0, 0), np.uint8)
         if self.image_mean is not None:
             mean = np.asarray(self.image_mean, np.float32)
             std = np.asarray(self.image_std, np.float32)

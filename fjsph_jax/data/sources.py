@@ -23,7 +23,7 @@ import os
 
 from fjsph_jax.data.dataset import PairedDataset, Splits
 from fjsph_jax.data.files import MissingFilesError
-from fjsph_jax.data.splits import config_splits, record_splits
+from fjsph_jax.data.splits import config_splits, record_path, record_splits
 from fjsph_jax.data.synthetic import make_synthetic_dataset
 
 REAL_DATASETS = ("mirflickr", "nuswide", "coco")
@@ -120,13 +120,7 @@ def load_dataset(data_config, *, seed: int) -> PairedDataset:
             caption=_get(data_config, "caption", "first"),
             seed=data_config.split_seed,
         )
-        protocol = _get(data_config, "split_protocol", "random") or "random"
-        record_splits(
-            built.directory,
-            protocol,
-            config_splits(data_config, len(dataset)),
-            data_config.split_seed,
-        )
+        built_splits(data_config, built)
         return dataset
     raise ValueError(
         f"config.data.name={name!r} is unknown; allowed: 'synthetic', "
@@ -142,8 +136,8 @@ def prepare_from_config(data_config, *, overwrite: bool = False) -> str:
     """
     built = build_from_config(data_config, overwrite=overwrite)
     protocol = _get(data_config, "split_protocol", "random") or "random"
-    splits = config_splits(data_config, len(built))
-    path = record_splits(built.directory, protocol, splits, data_config.split_seed)
+    splits = built_splits(data_config, built)
+    path = record_path(built.directory, protocol, splits, data_config.split_seed)
     sizes = splits.sizes()
     return (
         f"{built.summary()}\n"
@@ -151,6 +145,15 @@ def prepare_from_config(data_config, *, overwrite: bool = False) -> str:
         f"database {sizes['database']}, train {sizes['train']}\n"
         f"  split recorded at {path}"
     )
+
+
+def built_splits(data_config, built) -> Splits:
+    """The split of a built dataset by ``data_config.split_protocol`` (seeded), recorded
+    beside the build (:func:`fjsph_jax.data.splits.record_splits`)."""
+    protocol = _get(data_config, "split_protocol", "random") or "random"
+    splits = config_splits(data_config, len(built))
+    record_splits(built.directory, protocol, splits, data_config.split_seed)
+    return splits
 
 
 def load_splits(data_config, dataset: PairedDataset) -> Splits:
