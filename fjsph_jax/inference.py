@@ -288,7 +288,7 @@ class TrainedModel:
         head_params, step = restore_params(workdir, abstract_params, mesh, step=step)
         if end_to_end:
             feature_graphdef, feature_params = head_graphdef, head_params
-        else:  # the encoder model prepare_inputs builds for the cached features
+        else:  # the encoder model prepare_training_data builds for the cached features
             towers_model = build.build_model(
                 config, vocab_size, with_encoders=True, seed=config.seed, towers=towers
             )
