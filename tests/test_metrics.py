@@ -88,11 +88,19 @@ def tied_data():
     return query_codes, db_codes, query_labels, db_labels
 
 
+@pytest.fixture(scope="module", params=["host", "device"])
+def method(request):
+    """Every metric test runs with both ways of computing the ranking statistics: the host
+    ranking (the default on CPU) and the counting kernel (the default on GPU/TPU)."""
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def tied_results(tied_data):
+def tied_results(tied_data, method):
     """evaluate_retrieval for each top_k of interest, all with one compiled shape."""
     return {
-        top_k: metrics.evaluate_retrieval(*tied_data, top_k=top_k, ns=NS, query_chunk=CHUNK)
+        top_k: metrics.evaluate_retrieval(
+            *tied_data, top_k=top_k, ns=NS, query_chunk=CHUNK, method=method)
         for top_k in (1, 10, NUM_DB)
     }
 
@@ -118,7 +126,7 @@ def test_map_at_k_matches_reference_with_ties(tied_data, tied_results, top_k):
     assert tied_results[top_k]["map_at_k"] == pytest.approx(expected, abs=1e-6)
 
 
-def test_map_all_matches_reference_and_public_function(tied_data, tied_results):
+def test_map_all_matches_reference_and_public_function(tied_data, tied_results, method):
     expected = reference_map(*tied_data)
     assert tied_results[1]["map_all"] == pytest.approx(expected, abs=1e-6)
     # top_k = N is MAP@all.
@@ -127,26 +135,28 @@ def test_map_all_matches_reference_and_public_function(tied_data, tied_results):
     query_codes, db_codes, query_labels, db_labels = tied_data
     result = metrics.mean_average_precision(
         jnp.asarray(query_codes, jnp.float32), jnp.asarray(db_codes), jnp.asarray(query_labels),
-        db_labels, query_chunk=CHUNK,
+        db_labels, query_chunk=CHUNK, method=method,
     )
     assert isinstance(result, float)
     assert result == pytest.approx(expected, abs=1e-6)
-    result_k = metrics.mean_average_precision(*tied_data, top_k=10, query_chunk=CHUNK)
+    result_k = metrics.mean_average_precision(
+        *tied_data, top_k=10, query_chunk=CHUNK, method=method)
     assert result_k == pytest.approx(reference_map(*tied_data, top_k=10), abs=1e-6)
 
 
-def test_precision_at_n_matches_reference(tied_data, tied_results):
+def test_precision_at_n_matches_reference(tied_data, tied_results, method):
     expected = reference_precision_at_n(*tied_data, NS)
-    values = metrics.precision_at_n(*tied_data, NS, query_chunk=CHUNK)
+    values = metrics.precision_at_n(*tied_data, NS, query_chunk=CHUNK, method=method)
     assert isinstance(values, np.ndarray) and values.shape == (len(NS),)
     np.testing.assert_allclose(values, expected, atol=1e-6)
     np.testing.assert_allclose(tied_results[1]["precision_at_n"]["values"], expected, atol=1e-6)
     assert tied_results[1]["precision_at_n"]["ns"] == [1, 7, 50, 211, 211]
 
 
-def test_pr_curve_matches_reference(tied_data, tied_results):
+def test_pr_curve_matches_reference(tied_data, tied_results, method):
     expected_precision, expected_recall = reference_pr_curve(*tied_data)
-    precision, recall = metrics.precision_recall_curve(*tied_data, query_chunk=CHUNK)
+    precision, recall = metrics.precision_recall_curve(
+        *tied_data, query_chunk=CHUNK, method=method)
     assert precision.shape == recall.shape == (NUM_BITS + 1,)
     np.testing.assert_allclose(precision, expected_precision, atol=1e-6)
     np.testing.assert_allclose(recall, expected_recall, atol=1e-6)
@@ -157,10 +167,10 @@ def test_pr_curve_matches_reference(tied_data, tied_results):
     np.testing.assert_allclose(curve["recall"], expected_recall, atol=1e-6)
 
 
-def test_chunk_size_does_not_change_results(tied_data, tied_results):
+def test_chunk_size_does_not_change_results(tied_data, tied_results, method):
     # One chunk holding all queries (different compiled shape) vs chunks of 10 (37 = 3*10+7).
     whole = metrics.evaluate_retrieval(
-        *tied_data, top_k=10, ns=NS, query_chunk=NUM_QUERIES + 5
+        *tied_data, top_k=10, ns=NS, query_chunk=NUM_QUERIES + 5, method=method
     )
     chunked = tied_results[10]
     assert whole["map_all"] == pytest.approx(chunked["map_all"], abs=1e-6)
@@ -184,8 +194,8 @@ def test_evaluate_retrieval_is_json_serialisable(tied_results):
     assert all(type(v) is float for v in result["pr_curve"]["precision"])
 
 
-def test_evaluate_retrieval_without_top_k_has_no_map_at_k(tied_data):
-    result = metrics.evaluate_retrieval(*tied_data, ns=NS, query_chunk=CHUNK)
+def test_evaluate_retrieval_without_top_k_has_no_map_at_k(tied_data, method):
+    result = metrics.evaluate_retrieval(*tied_data, ns=NS, query_chunk=CHUNK, method=method)
     assert "map_at_k" not in result
     assert result["map_all"] == pytest.approx(reference_map(*tied_data), abs=1e-6)
 
@@ -204,7 +214,7 @@ def _codes_at_distances(distances, num_bits=4):
     return query, db
 
 
-def test_hand_computed_single_query_five_items():
+def test_hand_computed_single_query_five_items(method):
     # Distances 3, 0, 2, 1, 4 -> ranking by distance: items 1, 3, 2, 0, 4.
     # Relevant items: 1, 2, 4 -> relevance in ranked order: 1, 0, 1, 0, 1.
     # AP@all = (1/3) * (1/1 + 2/3 + 3/5) = (1/3) * (34/15) = 34/45.
@@ -214,26 +224,27 @@ def test_hand_computed_single_query_five_items():
     query, db = _codes_at_distances([3, 0, 2, 1, 4])
     query_labels = np.array([[1, 0]])
     db_labels = np.array([[0, 1], [1, 0], [1, 1], [0, 1], [1, 0]])
-    map_all = metrics.mean_average_precision(query, db, query_labels, db_labels)
+    map_all = metrics.mean_average_precision(query, db, query_labels, db_labels, method=method)
     assert map_all == pytest.approx(34 / 45)
     assert metrics.mean_average_precision(
-        query, db, query_labels, db_labels, top_k=2
+        query, db, query_labels, db_labels, top_k=2, method=method
     ) == pytest.approx(1.0)
     assert metrics.mean_average_precision(
-        query, db, query_labels, db_labels, top_k=3
+        query, db, query_labels, db_labels, top_k=3, method=method
     ) == pytest.approx(5 / 6)
     np.testing.assert_allclose(
-        metrics.precision_at_n(query, db, query_labels, db_labels, [1, 2, 4, 5]),
+        metrics.precision_at_n(query, db, query_labels, db_labels, [1, 2, 4, 5], method=method),
         [1.0, 0.5, 0.5, 0.6],
     )
     # Radius r retrieves the items with d <= r: r=0 {1}, r=1 {1,3}, r=2 {1,3,2},
     # r=3 {1,3,2,0}, r=4 all. Relevant retrieved: 1, 1, 2, 2, 3 of 3 relevant.
-    precision, recall = metrics.precision_recall_curve(query, db, query_labels, db_labels)
+    precision, recall = metrics.precision_recall_curve(
+        query, db, query_labels, db_labels, method=method)
     np.testing.assert_allclose(precision, [1 / 1, 1 / 2, 2 / 3, 2 / 4, 3 / 5])
     np.testing.assert_allclose(recall, [1 / 3, 1 / 3, 2 / 3, 2 / 3, 3 / 3])
 
 
-def test_ties_are_broken_by_database_index():
+def test_ties_are_broken_by_database_index(method):
     # All five items are at distance 1 (a full tie); only the index order ranks them.
     # Relevant at indices 0 and 1 -> ranked relevance 1, 1, 0, 0, 0:
     #   AP = (1/2) * (1/1 + 2/2) = 1.
@@ -244,42 +255,45 @@ def test_ties_are_broken_by_database_index():
     query_labels = np.array([[1, 0]])
     first_two = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [0, 1]])
     last_two = first_two[::-1].copy()
-    map_first_two = metrics.mean_average_precision(query, db, query_labels, first_two)
-    map_last_two = metrics.mean_average_precision(query, db, query_labels, last_two)
+    map_first_two = metrics.mean_average_precision(
+        query, db, query_labels, first_two, method=method)
+    map_last_two = metrics.mean_average_precision(query, db, query_labels, last_two, method=method)
     assert map_first_two == pytest.approx(1.0)
     assert map_last_two == pytest.approx(13 / 40)
 
 
-def test_query_without_relevant_items_counts_as_zero():
+def test_query_without_relevant_items_counts_as_zero(method):
     # Query 0 shares labels with items 0 and 1 (ranked first): AP = 1.
     # Query 1 (label 2) shares no label with any item: AP = 0, still averaged -> MAP = 1/2.
     query, db = _codes_at_distances([0, 1, 2])
     queries = np.concatenate([query, query])
     query_labels = np.array([[1, 0, 0], [0, 0, 1]])
     db_labels = np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]])
-    map_all = metrics.mean_average_precision(queries, db, query_labels, db_labels)
+    map_all = metrics.mean_average_precision(queries, db, query_labels, db_labels, method=method)
     assert map_all == pytest.approx(0.5)
     # Recall averages only over the query with relevant items: r=0 -> 1/2, r>=1 -> 1.
     # Precision averages over both queries (each retrieves item 0 at r=0):
     #   r=0 (1 + 0)/2, r=1 (1 + 0)/2, r>=2 (2/3 + 0)/2.
-    precision, recall = metrics.precision_recall_curve(queries, db, query_labels, db_labels)
+    precision, recall = metrics.precision_recall_curve(
+        queries, db, query_labels, db_labels, method=method)
     np.testing.assert_allclose(recall, [0.5, 1, 1, 1, 1])
     np.testing.assert_allclose(precision, [0.5, 0.5, 1 / 3, 1 / 3, 1 / 3])
 
 
-def test_precision_is_zero_at_radius_where_no_query_retrieves():
+def test_precision_is_zero_at_radius_where_no_query_retrieves(method):
     # Items at distances 3, 3, 4, 4, 4; only item 0 is relevant.
     # r = 0..2 retrieve nothing -> precision 0 (no query retrieves), recall 0;
     # r = 3 retrieves {0, 1} -> precision 1/2, recall 1; r = 4 retrieves all -> 1/5, 1.
     query, db = _codes_at_distances([3, 3, 4, 4, 4])
     query_labels = np.array([[1, 0]])
     db_labels = np.array([[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]])
-    precision, recall = metrics.precision_recall_curve(query, db, query_labels, db_labels)
+    precision, recall = metrics.precision_recall_curve(
+        query, db, query_labels, db_labels, method=method)
     np.testing.assert_allclose(precision, [0, 0, 0, 1 / 2, 1 / 5])
     np.testing.assert_allclose(recall, [0, 0, 0, 1, 1])
 
 
-def test_perfect_codes_give_map_one():
+def test_perfect_codes_give_map_one(method):
     # Codes determined by the label set: every item with the query's labels is at
     # distance 0 and every other item (no shared label) is farther away.
     rng = np.random.default_rng(7)
@@ -297,7 +311,7 @@ def test_perfect_codes_give_map_one():
     db_sets[:4] = np.arange(4)  # every set has database items
     result = metrics.evaluate_retrieval(
         set_codes[query_sets], set_codes[db_sets], label_sets[query_sets], label_sets[db_sets],
-        top_k=5, ns=(1, 3), query_chunk=4,
+        top_k=5, ns=(1, 3), query_chunk=4, method=method,
     )
     assert result["map_all"] == pytest.approx(1.0)
     assert result["map_at_k"] == pytest.approx(1.0)
@@ -342,6 +356,8 @@ def test_invalid_options_raise_value_error():
         metrics.mean_average_precision(*inputs, top_k=0)
     with pytest.raises(ValueError, match="query_chunk"):
         metrics.mean_average_precision(*inputs, query_chunk=0)
+    with pytest.raises(ValueError, match="method must be one of"):
+        metrics.mean_average_precision(*inputs, method="gpu")
     with pytest.raises(ValueError, match="ns"):
         metrics.precision_at_n(*inputs, [])
     with pytest.raises(ValueError, match="ns"):
@@ -398,7 +414,7 @@ def _assert_matches_reference(result, reference, top_k):
     np.testing.assert_allclose(result["pr_curve"]["recall"], pr_recall, atol=1e-9)
 
 
-def test_database_spanning_several_tiles_matches_per_query_loop():
+def test_database_spanning_several_tiles_matches_per_query_loop(method):
     # 9000 items > 2 tiles of metrics.TILE_ROWS rows; 10 bits: ~800 items per distance, so
     # ranks depend on the row-order carry across tiles.
     assert 9000 > 2 * metrics.TILE_ROWS
@@ -409,13 +425,14 @@ def test_database_spanning_several_tiles_matches_per_query_loop():
     db_labels = (rng.random((9000, 6)) < 0.3).astype(np.int8)
     ns = (1, 100, 4097, 9000)
     result = metrics.evaluate_retrieval(
-        query_codes, db_codes, query_labels, db_labels, top_k=5000, ns=ns, query_chunk=16)
+        query_codes, db_codes, query_labels, db_labels, top_k=5000, ns=ns, query_chunk=16,
+        method=method)
     reference = per_query_loop_reference(
         query_codes, db_codes, query_labels, db_labels, 5000, ns)
     _assert_matches_reference(result, reference, 5000)
 
 
-def test_long_codes_and_many_label_words_match_per_query_loop():
+def test_long_codes_and_many_label_words_match_per_query_loop(method):
     # K = 300 bits (10 words; distance buckets beyond uint8), C = 70 classes (3 words).
     rng = np.random.default_rng(12)
     query_codes = np.where(rng.random((6, 300)) < 0.5, -1, 1).astype(np.float32)
@@ -425,19 +442,37 @@ def test_long_codes_and_many_label_words_match_per_query_loop():
     db_labels = (rng.random((90, 70)) < 0.03).astype(np.int64)
     ns = (1, 10, 90)
     result = metrics.evaluate_retrieval(
-        query_codes, db_codes, query_labels, db_labels, top_k=20, ns=ns)
+        query_codes, db_codes, query_labels, db_labels, top_k=20, ns=ns, method=method)
     reference = per_query_loop_reference(query_codes, db_codes, query_labels, db_labels, 20, ns)
     _assert_matches_reference(result, reference, 20)
 
 
-def test_queries_split_over_a_mesh_give_the_same_metrics(tied_data, tied_results):
+def test_queries_split_over_a_mesh_give_the_same_metrics(tied_data, tied_results, method):
     from fjsph_jax import parallel
 
     mesh = parallel.make_mesh()  # 8 CPU devices (conftest); 37 queries do not split evenly
     result = metrics.evaluate_retrieval(
-        *tied_data, top_k=10, ns=NS, query_chunk=CHUNK, mesh=mesh)
+        *tied_data, top_k=10, ns=NS, query_chunk=CHUNK, mesh=mesh, method=method)
     expected = tied_results[10]
     assert result["map_all"] == pytest.approx(expected["map_all"], abs=1e-7)
     assert result["map_at_k"] == pytest.approx(expected["map_at_k"], abs=1e-7)
     assert result["precision_at_n"] == expected["precision_at_n"]
     assert result["pr_curve"] == expected["pr_curve"]
+
+
+def test_auto_method_ranks_on_the_host_for_cpu_devices_only():
+    from fjsph_jax import parallel
+
+    assert metrics._use_host_ranking("auto", None)  # the tests run on CPU
+    assert metrics._use_host_ranking("auto", parallel.make_mesh())
+    assert metrics._use_host_ranking("host", None)
+    assert not metrics._use_host_ranking("device", None)
+
+    class FakeDevice:
+        platform = "gpu"
+
+    class FakeMesh:
+        devices = np.array([FakeDevice()])
+
+    assert not metrics._use_host_ranking("auto", FakeMesh())
+    assert metrics._use_host_ranking("host", FakeMesh())
