@@ -89,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # ---- discrete code bank ----------------------------------------------
     config.codes = ml_collections.ConfigDict()
-    config.codes.update_every_steps = -1  # -1: once per epoch
+    config.codes.update_every_steps = -1  # -1: steps_per_epoch // updates_per_epoch
+    config.codes.updates_per_epoch = 2
     config.codes.similarity_weight = 1.0  # alpha in the DCC objective
     config.codes.quantization_weight = 1.0  # gamma
     config.codes.num_sweeps = 2

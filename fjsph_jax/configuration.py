@@ -70,6 +70,7 @@ def validate_config(config, num_devices: int) -> None:
             "the synthetic scenes are generated in memory: use config.data.loader='memory'"
         )
     _positive("config.data.read_threads", config.data.get("read_threads", 2))
+    _positive("config.codes.updates_per_epoch", config.codes.get("updates_per_epoch", 1))
     caption = config.data.caption
     if caption not in ("first", "random") and not str(caption).isdigit():
         raise ConfigError(

@@ -115,8 +115,12 @@ def _resumed_data_position(meta: dict, step: int) -> int:
 
 
 def _code_update_every(config, steps_per_epoch: int) -> int:
+    """Steps between discrete code updates: ``config.codes.update_every_steps``, or when
+    that is <= 0, ``steps_per_epoch // config.codes.updates_per_epoch`` (at least 1)."""
     every = config.codes.update_every_steps
-    return steps_per_epoch if every <= 0 else every
+    if every > 0:
+        return every
+    return max(1, steps_per_epoch // config.codes.get("updates_per_epoch", 1))
 
 
 def train_and_evaluate(

@@ -36,6 +36,7 @@ def test_default_config_is_valid():
         ("train.mode", "finetune", r"config\.train\.mode.*'end_to_end', 'frozen_encoder'"),
         ("loss.similarity_form", "hinge", r"config\.loss\.similarity_form.*'mse', 'likelihood'"),
         ("bits", 0, r"config\.bits=0 must be a positive integer"),
+        ("codes.updates_per_epoch", 0, r"config\.codes\.updates_per_epoch=0 must be a positive"),
         ("data.loader", "disk", r"config\.data\.loader='disk'.*'memory', 'stream'"),
         ("data.loader", "stream", r"config\.data\.loader='stream' reads a built dataset"),
         ("data.read_threads", 0, r"config\.data\.read_threads=0 must be a positive integer"),

@@ -156,3 +156,14 @@ def test_run_writes_results_plots_and_logs(tmp_path):
         "examples_per_sec",
     ):
         assert key in record and np.isfinite(record[key])
+
+
+def test_code_updates_per_epoch():
+    every = train._code_update_every
+    assert every(tiny_config(), 156) == 3  # update_every_steps wins when > 0
+    config = tiny_config(**{"codes.update_every_steps": -1, "codes.updates_per_epoch": 2})
+    assert every(config, 156) == 78
+    config.codes.updates_per_epoch = 1
+    assert every(config, 156) == 156
+    config.codes.updates_per_epoch = 500
+    assert every(config, 156) == 1
