@@ -317,6 +317,25 @@ def is_code_database(directory: str) -> bool:
 # ----------------------------------------------------------------------------------------
 
 
+def _streamed_split(model, split: str):
+    """``(rows, texts, labels, label_names, image_loader)`` of a split of the run's built
+    dataset, for ``config.data.loader = "stream"``: texts and labels are read without
+    decoding images; images are decoded batch by batch as they are encoded."""
+    from fjsph_jax.data import sources
+    from fjsph_jax.data.inmemory import read_texts_and_labels
+    from fjsph_jax.data.pipeline import ExampleEncoder
+
+    data = model.config.data
+    built = sources.build_from_config(data)
+    rows = getattr(sources.built_splits(data, built), split)
+    texts, labels = read_texts_and_labels(built, rows, caption=data.caption, seed=data.split_seed)
+    images = ExampleEncoder.from_config(
+        data, built.data_source(), model.tokenizer, image_size=model.image_size,
+        with_labels=False,
+    )
+    return rows, texts, labels, built.label_names, images
+
+
 def encode_split(
     model, split: str = "database", modality: str = "both", *, batch_size: int | None = None
 ) -> CodeDatabase:
@@ -328,18 +347,23 @@ def encode_split(
       modality: 'image' | 'text' | 'both'.
       batch_size: rows per encoder call (default ``config.eval.batch_size``).
     """
-    from fjsph_jax.data.sources import load_dataset, load_splits
-
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     modalities = parse_modalities(modality)
     config = model.config
-    dataset = load_dataset(config.data, seed=config.seed)
-    rows = getattr(load_splits(config.data, dataset), split)
-    texts = [dataset.texts[i] for i in rows.tolist()]
+    if config.data.get("loader", "memory") == "stream":
+        rows, texts, labels, label_names, images = _streamed_split(model, split)
+    else:
+        from fjsph_jax.data.sources import load_dataset, load_splits
+
+        dataset = load_dataset(config.data, seed=config.seed)
+        rows = getattr(load_splits(config.data, dataset), split)
+        texts = [dataset.texts[i] for i in rows.tolist()]
+        labels, label_names = dataset.labels[rows], dataset.label_names
+        images = {"images": dataset.images}
     codes = {}
     if "image" in modalities:
-        codes["image"] = model.encode_images(dataset.images[rows], batch_size=batch_size)
+        codes["image"] = model.encode_rows("image", images, rows, batch_size=batch_size)
     if "text" in modalities:
         codes["text"] = model.encode_texts(texts, batch_size=batch_size)
     metadata = {
@@ -351,8 +375,8 @@ def encode_split(
     return CodeDatabase.from_codes(
         codes,
         ids=rows,
-        labels=dataset.labels[rows],
-        label_names=dataset.label_names,
+        labels=labels,
+        label_names=label_names,
         texts=texts,
         image_paths=None,
         metadata=metadata,

@@ -355,6 +355,25 @@ class TrainedModel:
         pixels = prepare_images(images, self.image_size, resize_mode)
         return self._run("image", {"images": pixels}, batch_size)
 
+    def encode_rows(
+        self, modality: str, source, rows, *, batch_size: int | None = None
+    ) -> np.ndarray:
+        """Codes of dataset ``rows`` read from ``source`` (a row loader such as the streamed
+        :class:`fjsph_jax.data.pipeline.ExampleEncoder`, or a mapping of arrays) giving
+        ``images`` (uint8, at the model's size) or ``input_ids`` / ``attention_mask``:
+        int8 ``[len(rows), K]``. Batches are loaded ahead on threads, so a dataset too
+        large for memory is encoded without holding it."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        encoder = self._encoders[modality]
+        return parallel.map_batches(
+            lambda batch: encoder(self._feature_params, self._head_params, batch),
+            source,
+            np.asarray(rows),
+            batch_size=self._batch_size(batch_size),
+            mesh=self.mesh,
+        ).astype(np.int8)
+
     def encode(self, modality: str, items, *, batch_size: int | None = None) -> np.ndarray:
         """:meth:`encode_images` or :meth:`encode_texts` by ``modality`` ('image' | 'text')."""
         if modality == "image":

@@ -102,15 +102,8 @@ def _streaming(config, workdir: str, towers):
     splits = sources.built_splits(data, built)
     texts, labels = read_texts_and_labels(built, caption=data.caption, seed=data.split_seed)
     tokenizer = _tokenizer(config, workdir, towers, [texts[i] for i in splits.train])
-    load_rows = ExampleEncoder(
-        source=built.data_source(),
-        tokenizer=tokenizer,
-        image_size=data.image_size,
-        context_length=data.context_length,
-        resize_mode=data.resize,
-        caption=data.caption,
-        caption_seed=data.split_seed,
-        with_labels=False,
+    load_rows = ExampleEncoder.from_config(
+        data, built.data_source(), tokenizer, with_labels=False
     )
     return splits, labels, built.label_names, tokenizer, load_rows
 

@@ -211,3 +211,29 @@ def test_text_only_database_searches_its_own_modality(items):
         cdb.search_text_or_image(
             text_only, _FakeModel(items["codes"]["text"][0]), text="x", against="image"
         )
+
+
+def test_encode_split_of_a_streamed_run_equals_the_in_memory_split(tmp_path):
+    """A run trained with config.data.loader=stream: its split is encoded batch by batch
+    from the ArrayRecord build, with the codes, ids, texts and labels that decoding the
+    whole split into memory gives."""
+    from tiny import tiny_built_config, write_tiny_mirflickr
+
+    from fjsph_jax import inference, train
+
+    write_tiny_mirflickr(tmp_path)
+    config = tiny_built_config(
+        tmp_path, **{"data.loader": "stream", "train.checkpoint_every_steps": 6}
+    )
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    model = inference.TrainedModel.load(str(tmp_path / "run"))
+    streamed = cdb.encode_split(model, "database", batch_size=8)
+    model.config.data.loader = "memory"
+    in_memory = cdb.encode_split(model, "database", batch_size=8)
+    assert len(streamed.ids) == 32  # 40 pairs - 8 query
+    np.testing.assert_array_equal(streamed.ids, in_memory.ids)
+    np.testing.assert_array_equal(streamed.labels, in_memory.labels)
+    assert streamed.texts == in_memory.texts and streamed.label_names == in_memory.label_names
+    for modality in ("image", "text"):
+        np.testing.assert_array_equal(streamed.codes(modality), in_memory.codes(modality))
+    assert len(np.unique(streamed.codes("image"), axis=0)) > 1

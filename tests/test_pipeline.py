@@ -122,3 +122,22 @@ def test_texts_and_labels_without_images(built, in_memory):
     np.testing.assert_array_equal(labels, in_memory.labels[rows])
     all_texts, _ = read_texts_and_labels(built)
     assert len(all_texts) == len(in_memory)
+
+
+def test_encoder_from_config_takes_the_data_settings(built):
+    import ml_collections
+
+    data = ml_collections.ConfigDict({
+        "image_size": 20, "context_length": 7, "resize": "squash", "caption": "random",
+        "split_seed": 9,
+    })
+    tokenizer = WordTokenizer.from_texts(["a b c"])
+    encoder = pipeline.ExampleEncoder.from_config(data, built.data_source(), tokenizer,
+                                                  with_labels=False)
+    assert (encoder.image_size, encoder.context_length, encoder.resize_mode) == (20, 7, "squash")
+    assert (encoder.caption, encoder.caption_seed, encoder.with_labels) == ("random", 9, False)
+    batch = encoder(np.array([1, 2]))
+    assert "labels" not in batch and batch["images"].shape == (2, 20, 20, 3)
+    assert batch["input_ids"].shape == (2, 7)
+    sized = pipeline.ExampleEncoder.from_config(data, built.data_source(), tokenizer, image_size=8)
+    assert sized.image_size == 8 and sized.with_labels

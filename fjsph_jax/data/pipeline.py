@@ -76,6 +76,24 @@ class ExampleEncoder:
         if (self.image_mean is None) != (self.image_std is None):
             raise ValueError("give both image_mean and image_std, or neither")
 
+    @classmethod
+    def from_config(
+        cls, data_config, source, tokenizer, *, image_size: int | None = None,
+        with_labels: bool = True,
+    ) -> ExampleEncoder:
+        """The encoder ``config.data`` describes (size, context length, resize, caption and
+        its seed ``split_seed``, as the in-memory read uses); uint8 images."""
+        return cls(
+            source=source,
+            tokenizer=tokenizer,
+            image_size=data_config.image_size if image_size is None else image_size,
+            context_length=data_config.context_length,
+            resize_mode=data_config.resize,
+            caption=data_config.caption,
+            caption_seed=data_config.split_seed,
+            with_labels=with_labels,
+        )
+
     def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """Rows (int ``[B]``) -> ``images [B, S, S, 3]``, ``input_ids`` / ``attention_mask``
         int32 ``[B, L]``, ``labels`` uint8 ``[B, C]`` (if ``with_labels``)."""
