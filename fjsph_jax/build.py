@@ -13,6 +13,8 @@ heads, temperature).
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -41,7 +43,33 @@ def load_pretrained_towers(config):
         return None
     from fjsph_jax import weights  # deferred: the importers pull in transformers
 
-    return weights.load_towers(config.init.checkpoint)
+    towers = weights.load_towers(config.init.checkpoint)
+    check_normalization(config, towers)
+    return towers
+
+
+def check_normalization(config, towers) -> bool:
+    """Warns (and returns False) when ``config.data.image_mean`` / ``image_std`` differ from
+    the normalisation the checkpoint was trained with (when it records one): the towers
+    would see shifted inputs. The message gives the flags that match."""
+    from fjsph_jax import weights
+
+    known = weights.checkpoint_normalization(towers)
+    if known is None:
+        return True
+    mean, std = known
+    have_mean, have_std = tuple(config.data.image_mean), tuple(config.data.image_std)
+    close = len(have_mean) == len(mean) == len(have_std) == len(std) and all(
+        abs(a - b) < 1e-6 for a, b in zip(have_mean + have_std, mean + std)
+    )
+    if not close:
+        logging.warning(
+            "config.data.image_mean=%s / image_std=%s differ from the normalisation of "
+            "config.init.checkpoint=%r (mean %s, std %s); to feed the towers what they were "
+            "trained on, pass --config.data.image_mean='%s' --config.data.image_std='%s'",
+            have_mean, have_std, config.init.checkpoint, mean, std, mean, std,
+        )
+    return close
 
 
 def tower_configs(config, vocab_size: int, towers=None):

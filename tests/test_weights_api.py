@@ -199,3 +199,48 @@ def test_clip_encoder_from_configs_logits_formula():
     np.testing.assert_allclose(
         np.asarray(model.logits(pixels, ids, mask)), np.exp(0.5) * image @ text.T, atol=1e-5
     )
+
+
+def test_checkpoint_normalization_from_the_processor_file_or_the_format(towers, tmp_path):
+    from fjsph_jax.weights import checkpoint_normalization
+    from fjsph_jax.weights.pretrained import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    directory = tmp_path / "with_processor"
+    directory.mkdir()
+    (directory / "preprocessor_config.json").write_text(
+        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6], "crop_size": 20}'
+    )
+    with_file = dataclasses.replace(towers, source=str(directory), kind="hf_clip")
+    assert checkpoint_normalization(with_file) == ((0.1, 0.2, 0.3), (0.4, 0.5, 0.6))
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert checkpoint_normalization(dataclasses.replace(towers, source=str(bare))) is None
+    openai = dataclasses.replace(towers, source=str(bare / "model.pt"), kind="openai_clip")
+    assert checkpoint_normalization(openai) == (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+    (bare / "preprocessor_config.json").write_text("{not json")
+    assert checkpoint_normalization(dataclasses.replace(towers, source=str(bare))) is None
+
+
+def test_build_warns_when_the_config_normalisation_differs(towers, tmp_path, caplog):
+    import logging
+
+    from tiny import tiny_config
+
+    from fjsph_jax import build
+
+    directory = tmp_path / "clip"
+    directory.mkdir()
+    (directory / "preprocessor_config.json").write_text(
+        '{"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}'
+    )
+    checkpoint = dataclasses.replace(towers, source=str(directory), kind="hf_clip")
+    config = tiny_config(**{"init.checkpoint": str(directory)})  # demo normalisation 0.5
+    with caplog.at_level(logging.WARNING):
+        assert build.check_normalization(config, checkpoint) is False
+    assert "--config.data.image_mean='(0.1, 0.2, 0.3)'" in caplog.text
+    assert "--config.data.image_std='(0.4, 0.5, 0.6)'" in caplog.text
+    caplog.clear()
+    config.data.image_mean, config.data.image_std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+    with caplog.at_level(logging.WARNING):
+        assert build.check_normalization(config, checkpoint) is True
+    assert caplog.text == ""

@@ -19,6 +19,7 @@ from fjsph_jax.weights.errors import (
 )
 from fjsph_jax.weights.pretrained import (
     CLIPEncoder,
+    checkpoint_normalization,
     detect_format,
     fjsph_tower_configs,
     init_fjsph_from_pretrained,
@@ -44,6 +45,7 @@ __all__ = [
     "TokenizerNotFoundError",
     "UnsupportedCheckpointError",
     "WordPieceTokenizer",
+    "checkpoint_normalization",
     "convert_checkpoint",
     "detect_format",
     "fjsph_tower_configs",

@@ -29,6 +29,7 @@ checked against them, the tokenizer found beside it or None).
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 
@@ -94,6 +95,34 @@ def load_towers(path: str) -> PretrainedTowers:
     return PretrainedTowers(
         **fields, source=resolved, kind=kind, tokenizer=load_tokenizer(resolved)
     )
+
+
+# The per-channel normalisation OpenAI's CLIP was trained with (pixels in [0, 1]).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def checkpoint_normalization(towers: PretrainedTowers) -> tuple[tuple, tuple] | None:
+    """``(mean, std)`` per RGB channel that the checkpoint's images were normalised with,
+    ``x' = (x / 255 - mean) / std``, when known: ``image_mean`` / ``image_std`` of a
+    transformers ``preprocessor_config.json`` beside the weights, else OpenAI CLIP's
+    constants for OpenAI-layout state dicts; None when the checkpoint does not say
+    (FLIP t5x, converted directories without that file)."""
+    source = os.fspath(towers.source)
+    directory = source if os.path.isdir(source) else os.path.dirname(source)
+    path = os.path.join(directory, PREPROCESSOR_FILE)
+    if os.path.isfile(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                document = json.load(f)
+            mean, std = document["image_mean"], document["image_std"]
+            return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # a processor file without (readable) normalisation says nothing
+    if towers.kind == "openai_clip":
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    return None
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:
