@@ -106,14 +106,14 @@ def read_texts_and_labels(
     """Texts and uint8 labels ``[M, C]`` of ``rows`` (default: all), without decoding images.
 
     What the streaming path needs up front: the tokenizer's vocabulary and the label
-    similarity come from the training rows' texts and labels.
+    similarity come from the training rows' texts and labels. The captions and labels of
+    all rows are read once and cached beside the build
+    (:func:`fjsph_jax.data.captions_cache.captions_and_labels`).
     """
+    from fjsph_jax.data.captions_cache import captions_and_labels
+
     check_caption_choice(caption)
-    source = built.data_source()
-    rows = range(len(source)) if rows is None else [int(r) for r in np.asarray(rows).tolist()]
-    texts, labels = [], []
-    for row in rows:
-        example = source[row]
-        texts.append(select_caption(example_captions(example), caption, seed=seed, row=row))
-        labels.append(np.asarray(example["labels"], np.uint8))
-    return texts, np.stack(labels) if labels else np.zeros((0, 0), np.uint8)
+    captions, all_labels = captions_and_labels(built)
+    rows = range(len(captions)) if rows is None else [int(r) for r in np.asarray(rows).tolist()]
+    texts = [select_caption(captions[row], caption, seed=seed, row=row) for row in rows]
+    return texts, all_labels[list(rows)] if len(all_labels) else all_labels
