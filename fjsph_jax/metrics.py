@@ -130,15 +130,6 @@ def _check_pair(
     return query_codes, db_codes, query_labels, db_labels
 
 
-def _check_positive_int(value: Any, name: str) -> int:
-    """Returns ``value`` as an int if it is a positive integer (bool excluded)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1), got {value}.")
-    return int(value)
-
-
 def _use_host_ranking(method: Any, mesh: Mesh | None) -> bool:
     """True for ``method="host"``, and for ``"auto"`` when the work would run on CPU
     devices (the mesh's, else the default backend's); False for ``"device"``."""
@@ -158,7 +149,7 @@ def _check_ns(ns: Any, num_db: int) -> np.ndarray:
         raise ValueError(f"ns must be a sequence of positive integers, got {ns!r}.")
     if len(ns) == 0:
         raise ValueError("ns must contain at least one positive integer, got an empty sequence.")
-    checked = [_check_positive_int(n, "each entry of ns") for n in ns]
+    checked = [index_lib._check_positive_int(n, "each entry of ns") for n in ns]
     return np.minimum(np.asarray(checked, dtype=np.int64), num_db).astype(np.int32)
 
 
@@ -373,7 +364,8 @@ def _chunk_statistics(query_words_wc, query_labels_lc, db_words_nw, db_labels_nl
     exclusive = lambda x: (jnp.cumsum(x, axis=0) - x).reshape(-1)  # noqa: E731
     zeros_c = jnp.zeros((num_queries,), jnp.float32)
     init = ((exclusive(count_vc), exclusive(relevant_vc)), (zeros_c,) * 4,
-            jnp.zeros((num_queries,), jnp.int32), jnp.zeros((ns_m.shape[0], num_queries), jnp.int32))
+            jnp.zeros((num_queries,), jnp.int32),
+            jnp.zeros((ns_m.shape[0], num_queries), jnp.int32))
     (_, (sum_all, _, sum_k, _), counts_k, counts_n), _ = jax.lax.scan(rank_tile, init, tiles)
     return _QueryStatistics(count_vc, relevant_vc, sum_all, sum_k, counts_k, counts_n)
 
@@ -459,9 +451,9 @@ def _compute_metrics(
     of :mod:`fjsph_jax.metrics_host`, see :func:`_use_host_ranking`), averages them in
     float64; also returns the clipped ns."""
     on_host = _use_host_ranking(method, mesh)
-    query_chunk = _check_positive_int(query_chunk, "query_chunk")
+    query_chunk = index_lib._check_positive_int(query_chunk, "query_chunk")
     if top_k is not None:
-        top_k = _check_positive_int(top_k, "top_k")
+        top_k = index_lib._check_positive_int(top_k, "top_k")
     query_codes, db_codes, query_labels, db_labels = _check_pair(
         query_codes, db_codes, query_labels, db_labels
     )

@@ -29,3 +29,21 @@ def test_indices_depend_only_on_seed_and_step():
 def test_bad_batch_size(batch):
     with pytest.raises(ValueError, match="global_batch_size"):
         EpochBatcher(64, batch, seed=0)
+
+
+def test_epoch_permutation_is_cached_read_only_and_thread_safe():
+    import concurrent.futures
+
+    from fjsph_jax.data.batches import epoch_permutation
+
+    first = epoch_permutation(5, 2, 1000)
+    assert epoch_permutation(5, 2, 1000) is first  # not redrawn for the next step
+    np.testing.assert_array_equal(first, np.random.default_rng([5, 2]).permutation(1000))
+    with pytest.raises(ValueError):
+        first[0] = 1  # shared between callers: must not be modified
+    batcher = EpochBatcher(1000, 10, seed=9)
+    want = [batcher.indices(s).copy() for s in range(300)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(EpochBatcher(1000, 10, seed=9).indices, range(300)))
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)

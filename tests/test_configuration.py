@@ -8,18 +8,13 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
 import default  # noqa: E402
 
+from tiny import apply_overrides  # noqa: E402
+
 from fjsph_jax.configuration import ConfigError, validate_config  # noqa: E402
 
 
 def _config(**overrides):
-    config = default.get_config()
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return apply_overrides(default.get_config(), **overrides)
 
 
 def test_default_config_is_valid():

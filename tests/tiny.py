@@ -33,6 +33,11 @@ def tiny_config(**overrides):
     config.eval.top_k = 20
     config.eval.precision_ns = (1, 5, 20)
     config.eval.query_chunk = 16
+    return apply_overrides(config, **overrides)
+
+
+def apply_overrides(config, **overrides):
+    """``config`` with dotted keys set, e.g. ``apply_overrides(c, **{"train.mode": "x"})``."""
     for dotted, value in overrides.items():
         node = config
         *parents, leaf = dotted.split(".")

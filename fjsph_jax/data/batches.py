@@ -9,11 +9,28 @@ is just the step, and a resumed run sees exactly the batches an uninterrupted ru
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(seed: int, epoch: int, num_items: int) -> np.ndarray:
+    """``perm_e``: the read-only permutation of ``range(num_items)`` for ``epoch``.
+
+    Cached (the last few epochs), so consecutive steps do not redraw it; safe to call from
+    several threads (grain's readers do): a race at most computes it twice.
+    """
+    permutation = np.random.default_rng([seed, epoch]).permutation(num_items)
+    permutation.flags.writeable = False
+    return permutation
+
+
 class EpochBatcher:
-    """Global-batch row indices for any training step, ``[B]`` int64 in ``[0, N)``."""
+    """Global-batch row indices for any training step, ``[B]`` int64 in ``[0, N)``.
+
+    Stateless apart from its settings, so threads may call :meth:`indices` concurrently.
+    """
 
     def __init__(self, num_items: int, global_batch_size: int, seed: int):
         if global_batch_size <= 0 or global_batch_size > num_items:
@@ -25,17 +42,8 @@ class EpochBatcher:
         self.batch_size = global_batch_size
         self.seed = seed
         self.steps_per_epoch = num_items // global_batch_size
-        self._epoch = -1
-        self._perm = None
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._perm = rng.permutation(self.num_items)
-            self._epoch = epoch
-        return self._perm
 
     def indices(self, step: int) -> np.ndarray:
-        epoch, within = divmod(step, self.steps_per_epoch)
+        epoch, within = divmod(int(step), self.steps_per_epoch)
         start = within * self.batch_size
-        return self._permutation(epoch)[start : start + self.batch_size]
+        return epoch_permutation(self.seed, epoch, self.num_items)[start : start + self.batch_size]

@@ -126,11 +126,8 @@ class ExampleEncoder:
 
 
 class _StepBatch:
-    """Element ``s`` of :func:`train_batches`: the host rows of step ``s``, encoded.
-
-    The positions are :class:`EpochBatcher`'s, recomputed without its per-epoch cache so
-    that grain's threads can call this concurrently.
-    """
+    """Element ``s`` of :func:`train_batches`: the host rows of step ``s``, encoded
+    (positions from :class:`EpochBatcher`, which grain's threads may call concurrently)."""
 
     def __init__(
         self,
@@ -146,10 +143,7 @@ class _StepBatch:
 
     def positions(self, step: int) -> np.ndarray:
         """Positions in the training split of this host's rows of step ``step``."""
-        b = self.batcher
-        epoch, within = divmod(int(step), b.steps_per_epoch)
-        permutation = np.random.default_rng([b.seed, epoch]).permutation(b.num_items)
-        return permutation[within * b.batch_size : (within + 1) * b.batch_size][self.host_rows]
+        return self.batcher.indices(step)[self.host_rows]
 
     def __call__(self, step: int) -> dict[str, np.ndarray]:
         positions = self.positions(step)
