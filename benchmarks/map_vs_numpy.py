@@ -1,4 +1,4 @@
-"""MAP@all at NUS-WIDE scale: fjsph_jax.metrics vs a plain numpy per-query loop.
+"""MAP@all at NUS-WIDE scale: fjsph_jax.evaluation.metrics vs a plain numpy per-query loop.
 
 Default workload (issue 5): 2,100 queries x 190,000 database items x 64-bit random codes
 (about 2,900 items per distance value: ties everywhere) and 21-class multi-hot labels.
@@ -12,7 +12,7 @@ are asserted equal to 1e-8 (ours sums the per-item terms hits/rank in float64 on
 path, compensated float32 in the device kernel; the loop works in float64).
 
 Ours is timed as users call it (``method="auto"``: on CPU the host ranking of
-:mod:`fjsph_jax.metrics_host`, one thread per core; the mesh is passed but only the device
+:mod:`fjsph_jax.evaluation.metrics_host`, one thread per core; the mesh is passed but only the device
 kernel uses it) and, for comparison, with ``method="device"`` (the counting kernel that
 GPU/TPU runs use) on the same CPU mesh; both MAPs are asserted equal to 1e-8.
 
@@ -74,7 +74,8 @@ def nus_wide_like(num_queries: int, num_db: int, bits: int, classes: int, seed: 
 
 def run(num_queries, num_db, bits, classes, baseline_queries, repeats, seed,
         device_kernel=True) -> dict:
-    from fjsph_jax import metrics, metrics_host, parallel
+    from fjsph_jax import parallel
+from fjsph_jax.evaluation import metrics, metrics_host
 
     query_codes, db_codes, query_labels, db_labels = nus_wide_like(
         num_queries, num_db, bits, classes, seed)
@@ -125,7 +126,7 @@ def run(num_queries, num_db, bits, classes, baseline_queries, repeats, seed,
                  else f"device kernel, {len(mesh.devices.flat)} devices")
     print(f"MAP@all, {num_queries} queries x {num_db} items x {bits} bits, {classes} classes")
     print(common.row(f"numpy per-query loop ({how})", base_wall * scale, base_cpu * scale))
-    print(common.row(f"fjsph_jax.metrics ({ours_name})", wall, cpu))
+    print(common.row(f"fjsph_jax.evaluation.metrics ({ours_name})", wall, cpu))
     if kernel is not None:
         print(common.row(f"  method='device' ({len(mesh.devices.flat)} CPU devices)",
                          kernel["wall_s"], kernel["cpu_s"]))

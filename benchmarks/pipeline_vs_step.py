@@ -36,12 +36,17 @@ _SKIP_TRAIN = flags.DEFINE_bool("skip_train", False, "")
 def main(argv):
     import tempfile
 
-    from fjsph_jax import build, parallel
+    from fjsph_jax import parallel
+    from fjsph_jax.methods.fjsph import build
     from fjsph_jax import similarity as similarity_lib
     from fjsph_jax.data import pipeline
     from fjsph_jax.inputs import prepare_training_data
-    from fjsph_jax.step import StepSettings, make_train_step
-    from fjsph_jax.train import _similarity_shardings, _state_shardings, init_train_state
+    from fjsph_jax.methods.fjsph.step import StepSettings, make_train_step
+    from fjsph_jax.methods.fjsph.method import (
+        init_train_state,
+        similarity_shardings as _similarity_shardings,
+        state_shardings as _state_shardings,
+    )
 
     config = _CONFIG.value
     config.data.loader = "stream"  # what launch/train.py reads real datasets with

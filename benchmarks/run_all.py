@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     print("\nsummary")
     print(f"  search: faiss.IndexBinaryFlat / HammingIndex = {search['speedup_vs_faiss']:.2f}x "
           f"(goal >= 1x)")
-    print(f"  MAP@all: numpy loop / fjsph_jax.metrics = {mean_ap['speedup']:.1f}x (goal >= 20x); "
+    print(f"  MAP@all: numpy loop / fjsph_jax.evaluation.metrics = {mean_ap['speedup']:.1f}x (goal >= 20x); "
           f"ours {mean_ap['ours_mesh']['wall_s']:.2f} s (goal < 2 s)")
     print(f"  load average (1 min) at the end: {common.machine().get('load_average_1min')}")
     results = {"machine": info, "search_vs_faiss": search, "map_vs_numpy": mean_ap}

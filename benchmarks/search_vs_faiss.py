@@ -1,4 +1,4 @@
-"""Top-k Hamming search: fjsph_jax.index.HammingIndex vs faiss.IndexBinaryFlat.
+"""Top-k Hamming search: fjsph_jax.evaluation.index.HammingIndex vs faiss.IndexBinaryFlat.
 
 Default workload (issue 5): 1,000 queries, top-100, over 1,000,000 random 64-bit codes.
 Both get the same packed codes; both use every core (faiss: OpenMP threads; ours: one JAX
@@ -50,7 +50,7 @@ def run(num_queries: int, num_db: int, k: int, bits: int, repeats: int, seed: in
     import numpy as np
 
     from fjsph_jax import parallel
-    from fjsph_jax.index import HammingIndex
+    from fjsph_jax.evaluation.index import HammingIndex
 
     rng = np.random.default_rng(seed)
     db = rng.integers(0, 256, (num_db, bits // 8), dtype=np.uint8)

@@ -2,44 +2,24 @@
 
 `python launch/train.py` uses this file when no `--config` is given. It trains a
 tiny FLIP-style ViT and text transformer from scratch on 32x32 multi-object scenes,
-fast on a 2-core CPU. Every number the code uses lives here; override any of them
-with `--config.a.b=value`.
+fast on a 2-core CPU. Every number the code uses lives here or in configs/common.py
+(data, evaluation); override any of them with `--config.a.b=value`.
 """
 
-import ml_collections
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (configs/common.py: the keys every method shares)
+import ml_collections  # noqa: E402
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.bits = 32
-
-    # ---- data -------------------------------------------------------------
-    config.data = ml_collections.ConfigDict()
-    config.data.name = "synthetic"  # synthetic | mirflickr | nuswide | coco
-    config.data.manual_dir = ""  # where a real dataset's files live
-    config.data.num_items = 22000  # synthetic only
-    config.data.image_size = 32  # synthetic scenes are rendered at this size
-    config.data.num_query = 1000
-    config.data.num_train = 20000
-    config.data.split_seed = 0
-    config.data.split_protocol = "random"  # random | permutation (DCHMT/MITH) | small
-    config.data.data_dir = ""  # built datasets; "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
-    config.data.image_root = ""  # where .mat layouts' absolute image paths are re-rooted
-    config.data.min_tag_count = 20  # MIRFlickr official zips: keep tags used >= this often
-    config.data.caption = "first"  # COCO: first | random | an index
-    config.data.resize = "center_crop"  # center_crop | squash
-    # memory: decode every image once into RAM (synthetic, small datasets);
-    # stream: read batches from the ArrayRecord build, decoded on grain threads per step.
-    config.data.loader = "memory"  # memory | stream
-    config.data.read_threads = 2  # threads loading batches ahead of the train step
-    config.data.context_length = 24  # text tokens, incl. bos/eos
-    config.data.image_mean = (0.5, 0.5, 0.5)  # per-channel normalisation on device
-    config.data.image_std = (0.5, 0.5, 0.5)
+    config = common.get_config()  # seed, bits, data, eval: shared by every method
+    config.method = "fjsph"
 
     # ---- model ------------------------------------------------------------
     config.model = ml_collections.ConfigDict()
-    config.model.name = "fjsph"
     config.model.vision = "vit_tiny"  # preset in fjsph_jax.models.registry
     config.model.text = "text_tiny"
     config.model.feature_dim = 64  # encoder projection dim (contrastive space)
@@ -53,6 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ---- initialisation (pretrained towers) -------------------------------
     config.init = ml_collections.ConfigDict()
     config.init.checkpoint = ""  # path to a pretrained CLIP/FLIP checkpoint
+    # The demo trains its tiny towers from random initialisation on purpose; the dataset
+    # configs need a checkpoint unless this is set.
+    config.init.from_scratch = True
 
     # ---- training ---------------------------------------------------------
     config.train = ml_collections.ConfigDict()
@@ -95,10 +78,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.codes.quantization_weight = 1.0  # gamma
     config.codes.num_sweeps = 2
 
-    # ---- evaluation -------------------------------------------------------
-    config.eval = ml_collections.ConfigDict()
-    config.eval.batch_size = 500
-    config.eval.top_k = 100  # MAP@K next to MAP@all
-    config.eval.precision_ns = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
-    config.eval.query_chunk = 256
     return config

@@ -22,6 +22,7 @@ def get_config():
     config.data.context_length = 77
     config.data.image_mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP
     config.data.image_std = (0.26862954, 0.26130258, 0.27577711)
+    config.init.from_scratch = False  # ViT-B/16 from random init needs opting in
     config.model.vision = "vit_b16"
     config.model.text = "text_base"
     config.model.feature_dim = 512

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fjsph_jax.index import HammingIndex
+from fjsph_jax.evaluation.index import HammingIndex
 
 FORMAT = "fjsph_jax.code_database/1"
 MODALITIES = ("image", "text")

@@ -2,28 +2,33 @@
 
 Every check names the key (``config.a.b``), the value it got and what is allowed, so a
 bad command line fails in a second instead of after minutes of compilation.
+
+:func:`validate_config` checks what every method shares (``config.method``, ``bits``,
+``config.data``, ``config.eval``), then asks the method ``config.method`` names
+(:mod:`fjsph_jax.methods`) to check its own keys; methods trained by steps also call
+:func:`validate_training` for ``config.train``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable
 
 DATASETS = ("synthetic", "mirflickr", "nuswide", "coco")
-MODELS = ("fjsph",)
-TRAIN_MODES = ("end_to_end", "frozen_encoder")
-INTERACTIONS = ("none", "transformer")
-SIMILARITY_FORMS = ("mse", "likelihood")
-DTYPES = ("float32", "bfloat16")
 SPLIT_PROTOCOLS = ("random", "permutation", "small")
 RESIZE_MODES = ("center_crop", "squash")
 LOADERS = ("memory", "stream")
+EVAL_SPLITS = ("test", "validation")
+MAP_CONVENTIONS = ("top_k", "dcmh")
+FEATURE_FILE_SUFFIXES = (".mat", ".npz")
 
 
 class ConfigError(ValueError):
     """A config value is out of range or unknown; the message names the key."""
 
 
-def _choice(key: str, value: Any, allowed: Iterable[str]) -> None:
+def choice(key: str, value: Any, allowed: Iterable[str]) -> None:
+    """ConfigError unless ``value`` is one of ``allowed``."""
     allowed = tuple(allowed)
     if value not in allowed:
         raise ConfigError(
@@ -31,16 +36,30 @@ def _choice(key: str, value: Any, allowed: Iterable[str]) -> None:
         )
 
 
-def _positive(key: str, value: Any) -> None:
+def positive(key: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a positive int (not a bool)."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{key}={value!r} must be a positive integer")
 
 
-def _in_range(key: str, value: float, low: float, high: float, *, high_open: bool) -> None:
-    ok = low <= value < high if high_open else low <= value <= high
+def in_range(key: str, value: float, low: float, high: float, *, high_open: bool) -> None:
+    """ConfigError unless ``low <= value < high`` (``high_open``) or ``<= high``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
+        low <= value < high if high_open else low <= value <= high
+    )
     if not ok:
         bracket = ")" if high_open else "]"
         raise ConfigError(f"{key}={value!r} must lie in [{low}, {high}{bracket}")
+
+
+def non_negative(key: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"{key}={value!r} must be a number >= 0")
+
+
+def positive_number(key: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key}={value!r} must be a number > 0")
 
 
 def validate_config(config, num_devices: int) -> None:
@@ -48,90 +67,148 @@ def validate_config(config, num_devices: int) -> None:
 
     Args:
       config: the experiment ``ml_collections.ConfigDict`` (see configs/default.py).
-      num_devices: devices in the training mesh (the global batch must split over them).
+      num_devices: devices in the training mesh (a global batch must split over them).
     """
-    from fjsph_jax.models import registry  # deferred: keeps this module import-light
+    from fjsph_jax import methods  # deferred: the registry imports nothing heavy, but later
 
-    _positive("config.bits", config.bits)
-    _choice("config.data.name", config.data.name, DATASETS)
-    _choice("config.model.name", config.model.name, MODELS)
-    _choice("config.model.vision", config.model.vision, registry.VISION_PRESETS)
-    _choice("config.model.text", config.model.text, registry.TEXT_PRESETS)
-    _choice("config.model.interaction", config.model.interaction, INTERACTIONS)
-    _choice("config.model.dtype", config.model.dtype, DTYPES)
-    _choice("config.train.mode", config.train.mode, TRAIN_MODES)
-    _choice("config.data.split_protocol", config.data.split_protocol, SPLIT_PROTOCOLS)
-    _choice("config.data.resize", config.data.resize, RESIZE_MODES)
-    loader = config.data.get("loader", "memory")
-    _choice("config.data.loader", loader, LOADERS)
-    if loader == "stream" and config.data.name == "synthetic":
+    method = config.get("method", "fjsph")
+    choice("config.method", method, methods.names())
+    positive("config.bits", config.bits)
+    validate_data(config)
+    validate_eval(config)
+    try:
+        method_class = methods.get(method)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    method_class.validate_config(config, num_devices)
+
+
+def validate_data(config) -> None:
+    """``config.data``: the dataset, its split protocol and loader, a feature source."""
+    data = config.data
+    choice("config.data.name", data.name, DATASETS)
+    choice("config.data.split_protocol", data.split_protocol, SPLIT_PROTOCOLS)
+    choice("config.data.resize", data.resize, RESIZE_MODES)
+    loader = data.get("loader", "memory")
+    choice("config.data.loader", loader, LOADERS)
+    if loader == "stream" and data.name == "synthetic":
         raise ConfigError(
             "config.data.loader='stream' reads a built dataset (mirflickr, nuswide, coco); "
             "the synthetic scenes are generated in memory: use config.data.loader='memory'"
         )
-    _positive("config.data.read_threads", config.data.get("read_threads", 2))
-    _positive("config.codes.updates_per_epoch", config.codes.get("updates_per_epoch", 1))
-    caption = config.data.caption
+    positive("config.data.read_threads", data.get("read_threads", 2))
+    caption = data.caption
     if caption not in ("first", "random") and not str(caption).isdigit():
         raise ConfigError(
             f"config.data.caption={caption!r} is not supported; allowed: 'first', 'random' "
             "or a caption index such as '2'"
         )
-    _choice("config.loss.similarity_form", config.loss.similarity_form, SIMILARITY_FORMS)
-    _in_range("config.model.mask_ratio", config.model.mask_ratio, 0.0, 1.0, high_open=True)
-    _in_range("config.loss.eta", config.loss.eta, 0.0, 1.0, high_open=False)
-    _in_range(
-        "config.loss.similarity_floor", config.loss.similarity_floor, -1.0, 1.0, high_open=True
-    )
-    _positive("config.model.feature_dim", config.model.feature_dim)
-    _positive("config.data.num_query", config.data.num_query)
-    _positive("config.data.num_train", config.data.num_train)
-    _positive("config.data.context_length", config.data.context_length)
-    _positive("config.train.num_epochs", config.train.num_epochs)
-    _positive("config.train.log_every_steps", config.train.log_every_steps)
-    _positive("config.train.checkpoint_every_steps", config.train.checkpoint_every_steps)
-    _positive("config.eval.batch_size", config.eval.batch_size)
-    _positive("config.codes.num_sweeps", config.codes.num_sweeps)
-    if config.train.learning_rate <= 0:
-        raise ConfigError(f"config.train.learning_rate={config.train.learning_rate!r} must be > 0")
+    positive("config.data.num_query", data.num_query)
+    positive("config.data.num_train", data.num_train)
+    positive("config.data.context_length", data.context_length)
+    if data.name == "synthetic":
+        positive("config.data.num_items", data.num_items)
+        needed = data.num_query + data.num_train
+        if needed > data.num_items:
+            raise ConfigError(
+                f"config.data.num_query + config.data.num_train = {needed} exceeds "
+                f"config.data.num_items={data.num_items}"
+            )
+    features = data.get("features", "")
+    if not isinstance(features, str):
+        raise ConfigError(f"config.data.features={features!r} must be a string: '', "
+                          "'handcrafted' or the path of a .mat / .npz feature file")
+    if features and features != "handcrafted":
+        if not features.lower().endswith(FEATURE_FILE_SUFFIXES):
+            raise ConfigError(
+                f"config.data.features={features!r} is neither 'handcrafted' nor a .mat / .npz "
+                "feature file (keys I_tr, T_tr, L_tr, I_te, T_te, L_te; see docs/datasets.md)"
+            )
+        if not os.path.isfile(features):
+            raise ConfigError(
+                f"config.data.features={features!r}: no such file. Write one with "
+                "`python launch/encode.py --features=PATH ...` or point at your .mat / .npz"
+            )
 
-    batch = config.train.global_batch_size
-    if not isinstance(batch, int) or batch <= 0 or batch % num_devices:
+
+def validate_eval(config) -> None:
+    """``config.eval``: batch size, MAP@K cut-off and convention, the evaluation split."""
+    ev = config.eval
+    positive("config.eval.batch_size", ev.batch_size)
+    positive("config.eval.top_k", ev.top_k)
+    positive("config.eval.query_chunk", ev.query_chunk)
+    convention = ev.get("map_convention", "")
+    if convention:
+        choice("config.eval.map_convention", convention, MAP_CONVENTIONS)
+    split = ev.get("split", "test")
+    choice("config.eval.split", split, EVAL_SPLITS)
+    if split == "validation":
+        positive("config.data.num_validation", config.data.get("num_validation", 0))
+    ns = tuple(ev.precision_ns)
+    if not ns:
+        raise ConfigError("config.eval.precision_ns is empty; give cut-offs such as (1, 10, 100)")
+    for i, n in enumerate(ns):
+        positive(f"config.eval.precision_ns[{i}]", n)
+
+
+def validate_training(config, num_devices: int) -> None:
+    """``config.train`` keys the shared step loop reads (gradient methods)."""
+    train = config.train
+    positive("config.train.num_epochs", train.num_epochs)
+    positive("config.train.log_every_steps", train.log_every_steps)
+    positive("config.train.checkpoint_every_steps", train.checkpoint_every_steps)
+    positive("config.train.max_checkpoints_to_keep", train.max_checkpoints_to_keep)
+    if not isinstance(train.max_steps, int) or isinstance(train.max_steps, bool) or (
+        train.max_steps == 0 or train.max_steps < -1
+    ):
+        raise ConfigError(
+            f"config.train.max_steps={train.max_steps!r} must be -1 (num_epochs decides) "
+            "or a positive integer"
+        )
+    positive_number("config.train.learning_rate", train.learning_rate)
+    batch = train.global_batch_size
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0 or batch % num_devices:
         raise ConfigError(
             f"config.train.global_batch_size={batch!r} must be a positive multiple of the "
             f"device count ({num_devices}); e.g. {max(1, num_devices) * 16}"
         )
-    if batch > config.data.num_train:
+    if not config.data.get("features", "") and batch > config.data.num_train:
         raise ConfigError(
             f"config.train.global_batch_size={batch} exceeds "
             f"config.data.num_train={config.data.num_train}"
         )
 
-    if config.data.name == "synthetic":
-        _positive("config.data.num_items", config.data.num_items)
-        needed = config.data.num_query + config.data.num_train
-        if needed > config.data.num_items:
-            raise ConfigError(
-                f"config.data.num_query + config.data.num_train = {needed} exceeds "
-                f"config.data.num_items={config.data.num_items}"
-            )
 
-    ks = tuple(config.loss.cluster_ks)
+def validate_cluster_ks(key_prefix: str, ks, weights, num_train: int | None) -> None:
+    """k-means granularities ``ks`` (each in 1..num_train) and optional weights (sum 1)."""
+    ks = tuple(ks)
     for i, k in enumerate(ks):
-        _positive(f"config.loss.cluster_ks[{i}]", k)
-        if k > config.data.num_train:
+        positive(f"{key_prefix}.cluster_ks[{i}]", k)
+        if num_train is not None and k > num_train:
             raise ConfigError(
-                f"config.loss.cluster_ks[{i}]={k} is larger than the number of training "
-                f"items config.data.num_train={config.data.num_train}; allowed: 1..{config.data.num_train}"
+                f"{key_prefix}.cluster_ks[{i}]={k} is larger than the number of training "
+                f"items config.data.num_train={num_train}; allowed: 1..{num_train}"
             )
-    weights = tuple(config.loss.cluster_weights)
+    weights = tuple(weights or ())
     if weights:
         if len(weights) != len(ks):
             raise ConfigError(
-                f"config.loss.cluster_weights has {len(weights)} entries but "
-                f"config.loss.cluster_ks has {len(ks)}; give one weight per k or ()"
+                f"{key_prefix}.cluster_weights has {len(weights)} entries but "
+                f"{key_prefix}.cluster_ks has {len(ks)}; give one weight per k or ()"
             )
         if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
-            raise ConfigError(f"config.loss.cluster_weights={weights} must be >= 0 and sum to 1")
-    if config.loss.eta > 0 and not ks:
-        raise ConfigError("config.loss.eta > 0 needs at least one k in config.loss.cluster_ks")
+            raise ConfigError(
+                f"{key_prefix}.cluster_weights={weights} must be >= 0 and sum to 1"
+            )
+
+
+def apply_overrides(config, overrides: dict | None = None, **dotted):
+    """``config`` with dotted keys set in place, e.g. ``{"train.mode": "frozen_encoder"}``
+    (the ``--config.a.b=v`` of the command line, from Python); returns ``config``."""
+    for key, value in {**(overrides or {}), **dotted}.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config

@@ -1,6 +1,6 @@
 """A trained FJSPH run, loaded from its workdir, that turns texts and images into codes.
 
-A training run (``fjsph_jax.train.train_and_evaluate``) leaves in its workdir:
+A training run (``fjsph_jax.training.loop.train_and_evaluate``) leaves in its workdir:
 
 * ``config.json``: the experiment config;
 * ``tokenizer.json``: the word tokenizer built from the training texts, absent when the
@@ -39,12 +39,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from fjsph_jax import build, parallel
-from fjsph_jax.codes import sign_pm
+from fjsph_jax import encoders as encoders_lib
+from fjsph_jax import parallel
+from fjsph_jax.methods.fjsph import build
+from fjsph_jax.binary import sign_pm
 from fjsph_jax.data import images as images_lib
 from fjsph_jax.data.preprocess import normalize_images
 from fjsph_jax.data.tokenizer import WordTokenizer
-from fjsph_jax.models.fjsph import FJSPH
+from fjsph_jax.methods.fjsph.model import FJSPH
 
 MODALITIES = ("image", "text")
 CONFIG_FILE = "config.json"
@@ -271,7 +273,20 @@ class TrainedModel:
         """Config, tokenizer and checkpoint ``step`` (default: latest) of a training run."""
         workdir = os.path.abspath(workdir)
         config = load_config(workdir)
-        towers = build.load_pretrained_towers(config)
+        method = config.get("method", "fjsph")
+        if method != "fjsph":
+            raise ValueError(
+                f"{workdir!r} holds a {method} run; encoding raw images and texts needs an "
+                "FJSPH run (its towers). Methods on features code the feature rows their "
+                "evaluation read."
+            )
+        if config.data.get("features", ""):
+            raise ValueError(
+                f"{workdir!r} trained FJSPH on the feature vectors of "
+                f"config.data.features={config.data.features!r}, not on images and texts, so it "
+                "cannot encode raw images or texts; train with --config.data.features='' for that"
+            )
+        towers = encoders_lib.load_pretrained_towers(config)
         tokenizer = load_tokenizer(workdir, config, towers)
         vocab_size = towers.text.vocab_size if towers is not None else tokenizer.vocab_size
         end_to_end = config.train.mode == "end_to_end"
@@ -281,7 +296,7 @@ class TrainedModel:
         )
         abstract = nnx.eval_shape(
             lambda: FJSPH(
-                model_config, rngs=nnx.Rngs(config.seed), dtype=build.compute_dtype(config)
+                model_config, rngs=nnx.Rngs(config.seed), dtype=encoders_lib.compute_dtype(config)
             )
         )
         head_graphdef, abstract_params = nnx.split(abstract)
@@ -289,8 +304,8 @@ class TrainedModel:
         if end_to_end:
             feature_graphdef, feature_params = head_graphdef, head_params
         else:  # the encoder model prepare_training_data builds for the cached features
-            towers_model = build.build_model(
-                config, vocab_size, with_encoders=True, seed=config.seed, towers=towers
+            towers_model = encoders_lib.build_encoders(
+                config, vocab_size, seed=config.seed, towers=towers
             )
             feature_graphdef, feature_params = nnx.split(towers_model)
             feature_params = parallel.put_replicated(feature_params, mesh)

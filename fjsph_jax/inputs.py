@@ -12,9 +12,16 @@ become model inputs is ``config.data.loader``:
   dataset. Texts and labels (small) are read once up front, without decoding images,
   for the tokenizer's vocabulary and the label similarity.
 
-Both give the same inputs for the same rows. In ``frozen_encoder`` mode either loader
-feeds the towers once, and training then reads the cached features
-(``<workdir>/features-<fingerprint>.npz``) from memory.
+Both give the same inputs for the same rows. A method that reads feature vectors
+(JSPSH, JDSH, FJSPH in ``frozen_encoder`` mode) gets them from ``config.data.features``:
+a ``.mat`` / ``.npz`` feature file (:mod:`fjsph_jax.data.feature_files`, its own splits),
+``"handcrafted"`` (colour histograms and bag-of-words of the dataset's rows,
+:mod:`fjsph_jax.data.handcrafted`), or, when empty, the towers, which encode every row once
+(either loader feeds them; cached as ``<workdir>/features-<fingerprint>.npz``).
+
+With ``config.eval.split = "validation"`` the queries are ``config.data.num_validation``
+rows carved from the training set (:func:`fjsph_jax.data.splits.validation_splits`): tune
+on those, report the test queries once.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from fjsph_jax import build, features
+from fjsph_jax import encoders as encoders_lib
+from fjsph_jax import features
 from fjsph_jax.configuration import LOADERS
 from fjsph_jax.data.dataset import Splits
 from fjsph_jax.data.loaders import ArrayRows, RowLoader
@@ -44,7 +52,12 @@ class TrainingData(NamedTuple):
       vocab_size: the text tower's vocabulary size.
       load_rows: row loader, rows ``[B]`` -> model inputs ``[B, ...]`` (``images``,
         ``input_ids``, ``attention_mask``; or ``image_features``, ``text_features``).
-      loader: "memory" or "stream" (how ``load_rows`` gets its rows).
+      loader: "memory" or "stream" (how ``load_rows`` gets its rows), or "features".
+      input_kind: "pixels" (``images``, ``input_ids``, ``attention_mask``) or "features"
+        (``image_features`` [B, dI], ``text_features`` [B, dT]).
+      feature_dims: ``(dI, dT)`` for features, else None.
+      evaluation_split: "test" (the dataset's queries) or "validation" (queries carved
+        from the training rows, :func:`fjsph_jax.data.splits.validation_splits`).
     """
 
     splits: Splits
@@ -54,6 +67,9 @@ class TrainingData(NamedTuple):
     vocab_size: int
     load_rows: RowLoader
     loader: str
+    input_kind: str = "pixels"
+    feature_dims: tuple | None = None
+    evaluation_split: str = "test"
 
     @property
     def num_items(self) -> int:
@@ -73,11 +89,23 @@ def _tokenizer(config, workdir: str, towers, train_texts: list[str]):
     return tokenizer
 
 
+def evaluation_splits(config, splits: Splits) -> Splits:
+    """``splits``, or with ``config.eval.split == "validation"`` validation queries carved from
+    the training rows (``config.data.num_validation`` of them)."""
+    if config.eval.get("split", "test") != "validation":
+        return splits
+    from fjsph_jax.data.splits import validation_splits
+
+    return validation_splits(
+        splits, config.data.get("num_validation", 0), config.data.split_seed
+    )
+
+
 def _in_memory(config, workdir: str, towers):
     from fjsph_jax.data.sources import load_dataset, load_splits
 
     dataset = load_dataset(config.data, seed=config.seed)
-    splits = load_splits(config.data, dataset)
+    splits = evaluation_splits(config, load_splits(config.data, dataset))
     tokenizer = _tokenizer(config, workdir, towers, [dataset.texts[i] for i in splits.train])
     input_ids, attention_mask = tokenizer.encode(dataset.texts, config.data.context_length)
     load_rows = ArrayRows(
@@ -99,7 +127,7 @@ def _streaming(config, workdir: str, towers):
         )
     built = sources.build_from_config(data)
     logging.info("%s", built.summary())
-    splits = sources.built_splits(data, built)
+    splits = evaluation_splits(config, sources.built_splits(data, built))
     texts, labels = read_texts_and_labels(built, caption=data.caption, seed=data.split_seed)
     tokenizer = _tokenizer(config, workdir, towers, [texts[i] for i in splits.train])
     load_rows = ExampleEncoder.from_config(
@@ -108,40 +136,79 @@ def _streaming(config, workdir: str, towers):
     return splits, labels, built.label_names, tokenizer, load_rows
 
 
-def prepare_training_data(config, workdir: str, mesh, towers=None) -> TrainingData:
+def _feature_dataset(config):
+    """The :class:`fjsph_jax.data.feature_files.FeatureDataset` ``config.data.features``
+    names: ``"handcrafted"`` (colour histograms and bag-of-words of ``config.data.name``'s
+    rows, with its splits) or a ``.mat`` / ``.npz`` file (its own tr / te splits)."""
+    source = config.data.features
+    if source == "handcrafted":
+        from fjsph_jax.data.handcrafted import handcrafted_features
+        from fjsph_jax.data.sources import load_dataset, load_splits
+
+        dataset = load_dataset(config.data, seed=config.seed)
+        return handcrafted_features(dataset, load_splits(config.data, dataset))
+    from fjsph_jax.data.feature_files import read_feature_file
+
+    return read_feature_file(source)
+
+
+def _from_features(config) -> TrainingData:
+    features_ = _feature_dataset(config)
+    splits = evaluation_splits(config, features_.splits)
+    arrays = {"image_features": features_.image_features,
+              "text_features": features_.text_features}
+    dims = (int(arrays["image_features"].shape[1]), int(arrays["text_features"].shape[1]))
+    logging.info("features %s: image %d-d, text %d-d, splits %s", config.data.features,
+                 *dims, splits.sizes())
+    names = list(getattr(features_, "label_names", None) or
+                 [f"label_{c}" for c in range(features_.labels.shape[1])])
+    return TrainingData(splits, features_.labels, names, None, 0, ArrayRows(arrays),
+                        "features", "features", dims,
+                        config.eval.get("split", "test"))
+
+
+def prepare_training_data(config, workdir: str, mesh, towers=None, *,
+                          input_kind: str = "pixels") -> TrainingData:
     """Builds or reads the dataset ``config.data`` names and the loader of its model inputs.
 
-    With pretrained ``towers`` the checkpoint's tokenizer and vocabulary are used. In
-    ``frozen_encoder`` mode the towers encode every row once (cached in ``workdir``) and the
-    loader serves the features.
+    ``input_kind`` is what the method reads. ``"pixels"``: images and token ids (with
+    pretrained ``towers`` the checkpoint's tokenizer and vocabulary are used).
+    ``"features"``: feature vectors, from ``config.data.features`` (a feature file, or
+    ``"handcrafted"``) or, when that is empty, from the towers, which encode every row once
+    (cached in ``workdir``).
     """
     os.makedirs(workdir, exist_ok=True)
+    if input_kind not in ("pixels", "features"):
+        raise ValueError(f"input_kind={input_kind!r}; allowed: 'pixels', 'features'")
+    if input_kind == "features" and config.data.get("features", ""):
+        return _from_features(config)
     loader = config.data.get("loader", "memory")
     if loader not in LOADERS:
         raise ValueError(f"config.data.loader={loader!r} is not supported; allowed: {LOADERS}")
     prepare = _streaming if loader == "stream" else _in_memory
     splits, labels, label_names, tokenizer, load_rows = prepare(config, workdir, towers)
     vocab_size = towers.text.vocab_size if towers is not None else tokenizer.vocab_size
-    if config.train.mode == "frozen_encoder":
-        num_items = len(labels)
-        cache = os.path.join(
-            workdir, f"features-{features.features_fingerprint(config, num_items)}.npz"
-        )
-        encoders = build.build_model(
-            config, vocab_size, with_encoders=True, seed=config.seed, towers=towers
-        )
-        load_rows = ArrayRows(
-            features.cached_features(
-                cache,
-                lambda: features.compute_features(
-                    encoders,
-                    load_rows,
-                    num_items=num_items,
-                    image_mean=tuple(config.data.image_mean),
-                    image_std=tuple(config.data.image_std),
-                    batch_size=config.eval.batch_size,
-                    mesh=mesh,
-                ),
-            )
-        )
-    return TrainingData(splits, labels, label_names, tokenizer, vocab_size, load_rows, loader)
+    split_name = config.eval.get("split", "test")
+    if input_kind == "pixels":
+        return TrainingData(splits, labels, label_names, tokenizer, vocab_size, load_rows,
+                            loader, "pixels", None, split_name)
+    num_items = len(labels)
+    cache = os.path.join(
+        workdir, f"features-{features.features_fingerprint(config, num_items)}.npz"
+    )
+    encoders = encoders_lib.build_encoders(config, vocab_size, seed=config.seed, towers=towers)
+    arrays = features.cached_features(
+        cache,
+        lambda: features.compute_features(
+            encoders,
+            load_rows,
+            num_items=num_items,
+            image_mean=tuple(config.data.image_mean),
+            image_std=tuple(config.data.image_std),
+            batch_size=config.eval.batch_size,
+            mesh=mesh,
+        ),
+    )
+    dims = (int(arrays["image_features"].shape[1]), int(arrays["text_features"].shape[1]))
+    return TrainingData(splits, labels, label_names, tokenizer, vocab_size, ArrayRows(arrays),
+                        loader, "features", dims, split_name)

@@ -1,4 +1,6 @@
-"""Train and evaluate FJSPH: `python launch/train.py --config=configs/mirflickr.py`.
+"""Train and evaluate any method: `python launch/train.py --config=configs/mirflickr.py`.
+
+`config.method` picks the method (fjsph | jspsh | jdsh, e.g. `--config=configs/jspsh.py`).
 
 With no flags it runs the embedded demo (configs/default.py) into runs/<timestamp>.
 Override any config value with `--config.a.b=value`, e.g. `--config.bits=64`.
@@ -39,7 +41,7 @@ def main(argv):
 
     parallel.maybe_initialize_distributed()
     from fjsph_jax.data.sources import DatasetNotFoundError
-    from fjsph_jax.train import train_and_evaluate
+    from fjsph_jax.training.loop import train_and_evaluate
 
     config = _CONFIG.value
     workdir = _WORKDIR.value

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fjsph_jax import build
+from fjsph_jax.methods.fjsph import build
 from tiny import tiny_config
 
 

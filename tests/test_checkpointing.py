@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fjsph_jax import parallel
-from fjsph_jax.checkpointing import CheckpointMismatchError, Checkpointer, config_fingerprint
+from fjsph_jax.training.checkpointing import CheckpointMismatchError, Checkpointer, config_fingerprint
 from tiny import tiny_config
 
 

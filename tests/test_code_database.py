@@ -219,7 +219,8 @@ def test_encode_split_of_a_streamed_run_equals_the_in_memory_split(tmp_path):
     whole split into memory gives."""
     from tiny import tiny_built_config, write_tiny_mirflickr
 
-    from fjsph_jax import inference, train
+    from fjsph_jax import inference
+    from fjsph_jax.training import loop as train
 
     write_tiny_mirflickr(tmp_path)
     config = tiny_built_config(

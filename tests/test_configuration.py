@@ -60,6 +60,14 @@ def test_default_config_is_valid():
             r"num_query \+ config\.data\.num_train = 22500 exceeds config\.data\.num_items=22000",
         ),
         ("model.dtype", "float16", r"config\.model\.dtype='float16'.*'float32', 'bfloat16'"),
+        ("method", "dsph", r"config\.method='dsph'.*'fjsph', 'jspsh', 'jdsh'"),
+        ("data.features", "feats.csv", r"config\.data\.features='feats\.csv' is neither"),
+        ("data.features", "/nowhere/f.mat", r"config\.data\.features='/nowhere/f\.mat': no such file"),
+        ("data.features", "handcrafted", r"config\.train\.mode='end_to_end' trains the towers"),
+        ("eval.map_convention", "dchmt", r"config\.eval\.map_convention='dchmt'.*'top_k', 'dcmh'"),
+        ("eval.split", "val", r"config\.eval\.split='val'.*'test', 'validation'"),
+        ("init.from_scratch", False, r"config\.init\.checkpoint is empty.*from_scratch=True"),
+        ("codes.quantization_weight", -1.0, r"config\.codes\.quantization_weight=-1\.0 must be"),
     ],
 )
 def test_bad_values_name_the_key(key, value, expected):
@@ -69,3 +77,18 @@ def test_bad_values_name_the_key(key, value, expected):
 
 def test_batch_rule_depends_on_device_count():
     validate_config(_config(**{"train.global_batch_size": 100}), num_devices=4)
+
+
+def test_validation_split_needs_a_validation_size():
+    config = _config(**{"eval.split": "validation", "data.num_validation": 0})
+    with pytest.raises(ConfigError, match=r"config\.data\.num_validation=0 must be a positive"):
+        validate_config(config, num_devices=8)
+    validate_config(_config(**{"eval.split": "validation"}), num_devices=8)
+
+
+def test_frozen_fjsph_reads_feature_files(tmp_path):
+    path = tmp_path / "f.npz"
+    path.write_bytes(b"")
+    config = _config(**{"train.mode": "frozen_encoder", "data.features": str(path),
+                        "init.from_scratch": False})
+    validate_config(config, num_devices=8)  # no towers needed: no checkpoint needed

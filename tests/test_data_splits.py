@@ -71,3 +71,16 @@ def test_bad_protocol_and_sizes_raise():
         splits_lib.split_sizes("mith", 10, 1, 1)
     with pytest.raises(ValueError, match="num_train must be in 1..5"):
         splits_lib.permutation_splits(10, 5, 6, 0)
+
+
+def test_validation_queries_come_from_train_and_leave_train_and_database():
+    splits = make_splits(200, 20, 120, 0)
+    val = splits_lib.validation_splits(splits, 15, seed=4)
+    assert val.sizes() == {"query": 15, "database": 165, "train": 105}
+    assert np.isin(val.query, splits.train).all()
+    assert not np.isin(val.query, val.train).any() and not np.isin(val.query, val.database).any()
+    assert not np.isin(splits.query, np.concatenate([val.query, val.database])).any()
+    again = splits_lib.validation_splits(splits, 15, seed=4)
+    np.testing.assert_array_equal(val.query, again.query)  # seeded
+    with pytest.raises(ValueError, match=r"num_validation=120 must be in 1\.\.119"):
+        splits_lib.validation_splits(splits, 120, seed=4)

@@ -5,8 +5,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from fjsph_jax import build, evaluate, parallel
-from fjsph_jax.step import StepSettings
+from fjsph_jax import parallel
+from fjsph_jax.evaluation import protocol as evaluate
+from fjsph_jax.methods.fjsph import build
+from fjsph_jax.methods.fjsph import method as fjsph_method
+from fjsph_jax.methods.fjsph.step import StepSettings
 from tiny import tiny_config
 
 
@@ -18,9 +21,9 @@ def test_encode_rows_pads_and_matches_direct_encoding():
     inputs = {"image_features": rng.standard_normal((21, 32)).astype(np.float32),
               "text_features": rng.standard_normal((21, 32)).astype(np.float32)}
     rows = np.array([20, 3, 7, 0, 11])
-    encode = evaluate.make_encode_fn(graphdef, StepSettings.from_config(config))
+    encode = fjsph_method.make_encode_fn(graphdef, StepSettings.from_config(config))
     mesh = parallel.make_mesh()
-    image_codes, text_codes = evaluate.encode_rows(encode, params, inputs, rows, batch_size=3,
+    image_codes, text_codes = fjsph_method.encode_rows(encode, params, inputs, rows, batch_size=3,
                                                    mesh=mesh)  # padded to 8 per batch
     assert image_codes.shape == (5, 16) and image_codes.dtype == np.int8
     direct = np.where(np.asarray(model.hash_image(inputs["image_features"][rows])) >= 0, 1, -1)

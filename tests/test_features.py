@@ -1,7 +1,8 @@
 """Frozen-encoder feature cache: computed once, reused, rebuilt when corrupt."""
 import numpy as np
 
-from fjsph_jax import build, features, parallel
+from fjsph_jax import features, parallel
+from fjsph_jax.methods.fjsph import build
 from tiny import tiny_config
 
 

@@ -1,4 +1,4 @@
-"""Tests for fjsph_jax.models.fjsph: the composed FJSPH network, end-to-end and frozen modes."""
+"""Tests for fjsph_jax.methods.fjsph.model: the composed FJSPH network, end-to-end and frozen modes."""
 import dataclasses
 import math
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fjsph_jax.models.fjsph import FJSPH, FJSPHConfig
+from fjsph_jax.methods.fjsph.model import FJSPH, FJSPHConfig
 from fjsph_jax.models.text import TextConfig
 from fjsph_jax.models.vit import ViTConfig
 
@@ -64,7 +64,8 @@ def test_logit_scale_is_a_log_space_scalar_param(model):
 def test_frozen_mode_has_only_heads_and_raises_on_encoders():
     model = FJSPH(FROZEN, rngs=nnx.Rngs(1))
     assert FROZEN.frozen_encoders
-    assert param_paths(model) == {"image_hash", "text_hash", "logit_scale"}
+    assert param_paths(model) == {"image_proj", "text_proj", "image_hash", "text_hash",
+                                  "logit_scale"}
     features = jnp.ones((2, 16), jnp.float32)
     assert model.hash_image(features).shape == (2, 8) and model.hash_text(features).shape == (2, 8)
     assert model.fuse(features, features) is None
@@ -81,3 +82,15 @@ def test_config_errors():
         dataclasses.replace(CONFIG, interaction="cross")
     with pytest.raises(ValueError, match="interaction_heads"):
         dataclasses.replace(FROZEN, interaction="transformer", interaction_heads=3)
+
+
+def test_frozen_mode_projects_features_of_any_width():
+    """Feature files have their own widths (dI != dT): trainable projections map both into
+    feature_dim, and the heads read the projections."""
+    config = dataclasses.replace(FROZEN, image_input_dim=40, text_input_dim=7)
+    model = FJSPH(config, rngs=nnx.Rngs(2))
+    image, text = jnp.ones((3, 40), jnp.float32), jnp.ones((3, 7), jnp.float32)
+    assert model.embed_image(image).shape == model.embed_text(text).shape == (3, 16)
+    np.testing.assert_allclose(model.hash_image(image),
+                               model.image_hash(model.image_proj(image)), rtol=1e-6)
+    assert model.hash_text(text).shape == (3, 8)

@@ -1,11 +1,11 @@
-"""Tests for fjsph_jax.index against brute-force numpy references (ties included)."""
+"""Tests for fjsph_jax.evaluation.index against brute-force numpy references (ties included)."""
 
 import numpy as np
 import pytest
 
-from fjsph_jax import index as index_lib
+from fjsph_jax.evaluation import index as index_lib
 from fjsph_jax import parallel
-from fjsph_jax.index import HammingIndex, InnerProductIndex
+from fjsph_jax.evaluation.index import HammingIndex, InnerProductIndex
 
 NUM_QUERIES, NUM_DB, NUM_BITS, K = 13, 501, 12, 37
 QUERY_CHUNK, DB_CHUNK = 8, 64  # several query chunks and database chunks (ragged tails)

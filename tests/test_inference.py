@@ -9,11 +9,14 @@ from flax import nnx
 from PIL import Image
 from tiny import tiny_config
 
-from fjsph_jax import build, evaluate, inference, inputs, parallel, train
-from fjsph_jax.checkpointing import Checkpointer
+from fjsph_jax import inference, inputs, parallel
+from fjsph_jax.methods.fjsph import build
+from fjsph_jax.methods.fjsph import method as fjsph_method
+from fjsph_jax.training import loop as train
+from fjsph_jax.training.checkpointing import Checkpointer
 from fjsph_jax.data import images as images_lib
 from fjsph_jax.data.sources import load_dataset
-from fjsph_jax.step import StepSettings
+from fjsph_jax.methods.fjsph.step import StepSettings
 
 
 def tiny_trained_run(tmp_path_factory) -> str:
@@ -32,11 +35,12 @@ def run(tmp_path_factory):
 
 
 def evaluation_codes(config, workdir, params, rows):
-    """What training's evaluation computes for ``rows``: evaluate.encode_rows on the row
+    """What training's evaluation computes for ``rows``: fjsph_method.encode_rows on the row
     loader prepare_training_data builds (pixels and tokens, or the cached frozen features),
     and the dataset itself."""
     mesh = parallel.make_mesh()
-    data = inputs.prepare_training_data(config, workdir, mesh)
+    data = inputs.prepare_training_data(
+        config, workdir, mesh, input_kind=fjsph_method.FJSPHMethod.input_kind(config))
     vocab_size = data.vocab_size
     dataset = load_dataset(config.data, seed=config.seed)
     abstract = nnx.eval_shape(
@@ -45,8 +49,8 @@ def evaluation_codes(config, workdir, params, rows):
         )
     )
     graphdef, _ = nnx.split(abstract)
-    encode_fn = evaluate.make_encode_fn(graphdef, StepSettings.from_config(config))
-    image, text = evaluate.encode_rows(
+    encode_fn = fjsph_method.make_encode_fn(graphdef, StepSettings.from_config(config))
+    image, text = fjsph_method.encode_rows(
         encode_fn, params, data.load_rows, rows, batch_size=64, mesh=mesh
     )
     return dataset, image, text
@@ -91,7 +95,8 @@ def test_frozen_encoder_run_rebuilds_the_towers(tmp_path):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort())
     mesh = parallel.make_mesh()
-    data = inputs.prepare_training_data(config, workdir, mesh)  # writes tokenizer.json
+    data = inputs.prepare_training_data(  # writes tokenizer.json
+        config, workdir, mesh, input_kind=fjsph_method.FJSPHMethod.input_kind(config))
     tokenizer, vocab_size = data.tokenizer, data.vocab_size
     heads = build.build_model(config, vocab_size, with_encoders=False, seed=123)  # not the seed
     _, params = nnx.split(heads)

@@ -46,8 +46,10 @@ def test_frozen_encoder_features_are_the_same_from_either_loader(source_dir, tmp
         config = built_config(
             source_dir, **{"data.loader": loader, "train.mode": "frozen_encoder"}
         )
-        data = inputs.prepare_training_data(config, str(tmp_path / loader), mesh)
+        data = inputs.prepare_training_data(config, str(tmp_path / loader), mesh,
+                                            input_kind="features")
         assert isinstance(data.load_rows, ArrayRows)
+        assert data.input_kind == "features" and data.feature_dims == (32, 32)
         assert list((tmp_path / loader).glob("features-*.npz"))
         results[loader] = data.load_rows(np.arange(40))
     for key in ("image_features", "text_features"):

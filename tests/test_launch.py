@@ -26,5 +26,17 @@ def test_unknown_dataset_and_missing_real_data(tmp_path):
     assert done.returncode == 2 and "'synthetic', 'mirflickr', 'nuswide', 'coco'" in done.stderr
     config = os.path.join(REPO_ROOT, "configs", "coco.py")
     done = _launch(f"--config={config}", f"--config.data.manual_dir={tmp_path}/nowhere",
-                   tmp_path=tmp_path)
+                   "--config.init.from_scratch=True", tmp_path=tmp_path)
     assert done.returncode == 2 and "docs/datasets.md" in done.stderr
+
+
+def test_real_dataset_config_refuses_random_towers_without_opt_in(tmp_path):
+    """configs/mirflickr.py with no checkpoint would train ViT-B/16 from random weights at a
+    fine-tuning learning rate: a one-line error that names both ways forward."""
+    config = os.path.join(REPO_ROOT, "configs", "mirflickr.py")
+    done = _launch(f"--config={config}", tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "config.init.checkpoint is empty" in done.stderr
+    assert "--config.init.checkpoint=PATH" in done.stderr
+    assert "--config.init.from_scratch=True" in done.stderr
+    assert "Traceback" not in done.stderr

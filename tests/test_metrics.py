@@ -1,4 +1,4 @@
-"""Tests for fjsph_jax.metrics against plain-numpy per-query references and hand cases."""
+"""Tests for fjsph_jax.evaluation.metrics against plain-numpy per-query references and hand cases."""
 
 import json
 
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fjsph_jax import metrics
+from fjsph_jax.evaluation import metrics
 
 NUM_QUERIES, NUM_DB, NUM_BITS, NUM_CLASSES = 37, 211, 8, 5
 CHUNK = 10  # smaller than Q and does not divide 37: exercises padding of the last chunk
@@ -30,16 +30,23 @@ def _ranking(query_code, db_codes, query_label, db_labels):
     return distances[order], relevant[order]
 
 
-def reference_map(query_codes, db_codes, query_labels, db_labels, top_k=None):
+def reference_map(query_codes, db_codes, query_labels, db_labels, top_k=None,
+                  convention="top_k"):
+    """"top_k": P@r averaged over the relevant items in the top K (JSPSH mAP.m, DJSRH
+    calculate_top_map); "dcmh": over the first min(K, R) relevant items (DCHMT calc_map_k)."""
     average_precisions = []
     for q in range(query_codes.shape[0]):
         _, relevant = _ranking(query_codes[q], db_codes, query_labels[q], db_labels)
         k = len(relevant) if top_k is None else min(top_k, len(relevant))
         hits, precision_sum = 0, 0.0
-        for rank in range(1, k + 1):
+        for rank in range(1, len(relevant) + 1):
+            if convention == "top_k" and rank > k:
+                break
             if relevant[rank - 1]:
                 hits += 1
                 precision_sum += hits / rank
+                if hits == k:  # dcmh: the first k relevant items, wherever they rank
+                    break
         average_precisions.append(precision_sum / hits if hits else 0.0)
     return float(np.mean(average_precisions))
 
@@ -124,6 +131,10 @@ def test_hamming_distance_and_relevance_match_numpy(tied_data):
 def test_map_at_k_matches_reference_with_ties(tied_data, tied_results, top_k):
     expected = reference_map(*tied_data, top_k=top_k)
     assert tied_results[top_k]["map_at_k"] == pytest.approx(expected, abs=1e-6)
+    assert tied_results[top_k]["map_at_k_convention"] == "top_k"  # the default
+    for convention in ("top_k", "dcmh"):
+        assert tied_results[top_k]["map_at_k_by_convention"][convention] == pytest.approx(
+            reference_map(*tied_data, top_k=top_k, convention=convention), abs=1e-6)
 
 
 def test_map_all_matches_reference_and_public_function(tied_data, tied_results, method):
@@ -175,6 +186,8 @@ def test_chunk_size_does_not_change_results(tied_data, tied_results, method):
     chunked = tied_results[10]
     assert whole["map_all"] == pytest.approx(chunked["map_all"], abs=1e-6)
     assert whole["map_at_k"] == pytest.approx(chunked["map_at_k"], abs=1e-6)
+    assert whole["map_at_k_by_convention"] == pytest.approx(
+        chunked["map_at_k_by_convention"], abs=1e-6)
     np.testing.assert_allclose(
         whole["precision_at_n"]["values"], chunked["precision_at_n"]["values"], atol=1e-6
     )
@@ -188,7 +201,8 @@ def test_chunk_size_does_not_change_results(tied_data, tied_results, method):
 
 def test_evaluate_retrieval_is_json_serialisable(tied_results):
     result = tied_results[10]
-    assert set(result) == {"map_all", "map_at_k", "precision_at_n", "pr_curve"}
+    assert set(result) == {"map_all", "map_at_k", "map_at_k_convention",
+                           "map_at_k_by_convention", "precision_at_n", "pr_curve"}
     round_trip = json.loads(json.dumps(result))
     assert round_trip == result
     assert all(type(v) is float for v in result["pr_curve"]["precision"])
@@ -232,6 +246,12 @@ def test_hand_computed_single_query_five_items(method):
     assert metrics.mean_average_precision(
         query, db, query_labels, db_labels, top_k=3, method=method
     ) == pytest.approx(5 / 6)
+    # DCMH/DCHMT calc_map_k: the first min(K, 3) relevant items, at ranks 1, 3, 5:
+    # AP@2 = (1/2) * (1/1 + 2/3) = 5/6, AP@3 = AP@all = 34/45.
+    for top_k, expected in ((2, 5 / 6), (3, 34 / 45)):
+        assert metrics.mean_average_precision(
+            query, db, query_labels, db_labels, top_k=top_k, convention="dcmh", method=method
+        ) == pytest.approx(expected)
     np.testing.assert_allclose(
         metrics.precision_at_n(query, db, query_labels, db_labels, [1, 2, 4, 5], method=method),
         [1.0, 0.5, 0.5, 0.6],
@@ -358,6 +378,10 @@ def test_invalid_options_raise_value_error():
         metrics.mean_average_precision(*inputs, query_chunk=0)
     with pytest.raises(ValueError, match="method must be one of"):
         metrics.mean_average_precision(*inputs, method="gpu")
+    with pytest.raises(ValueError, match="convention must be one of \\('top_k', 'dcmh'\\)"):
+        metrics.mean_average_precision(*inputs, top_k=2, convention="calc_map_k")
+    with pytest.raises(ValueError, match="code_format must be one of \\('pm1', 'sparse'\\)"):
+        metrics.evaluate_retrieval(*inputs, code_format="01")
     with pytest.raises(ValueError, match="ns"):
         metrics.precision_at_n(*inputs, [])
     with pytest.raises(ValueError, match="ns"):
@@ -376,11 +400,12 @@ def test_invalid_options_raise_value_error():
 def per_query_loop_reference(query_codes, db_codes, query_labels, db_labels, top_k, ns):
     """The PyTorch-baseline way, in numpy: per query a stable argsort of the distances.
 
-    Returns (MAP@all, MAP@top_k, P@ns [len(ns)], PR precision [K+1], PR recall [K+1])."""
+    Returns (MAP@all, MAP@top_k, P@ns [len(ns)], PR precision [K+1], PR recall [K+1],
+    MAP@top_k under the DCMH/DCHMT calc_map_k convention)."""
     num_bits = query_codes.shape[1]
     distances = (num_bits - query_codes.astype(np.int64) @ db_codes.astype(np.int64).T) // 2
     relevant = (query_labels.astype(np.int64) @ db_labels.astype(np.int64).T) > 0
-    ap_all, ap_k, p_at_n = [], [], []
+    ap_all, ap_k, ap_k_dcmh, p_at_n = [], [], [], []
     pr_precision = [[] for _ in range(num_bits + 1)]
     pr_recall = [[] for _ in range(num_bits + 1)]
     for q in range(len(query_codes)):
@@ -392,6 +417,8 @@ def per_query_loop_reference(query_codes, db_codes, query_labels, db_labels, top
         ap_all.append((precision_at_rank * ranked).sum() / hits[-1] if hits[-1] else 0.0)
         ap_k.append((precision_at_rank * ranked)[:top_k].sum() / hits[top_k - 1]
                     if hits[top_k - 1] else 0.0)
+        first = min(top_k, hits[-1])  # DCHMT calc_map_k: the first min(K, R) relevant items
+        ap_k_dcmh.append(precision_at_rank[ranked][:first].mean() if first else 0.0)
         p_at_n.append([hits[min(n, len(ranked)) - 1] / min(n, len(ranked)) for n in ns])
         for radius in range(num_bits + 1):
             retrieved = distances[q] <= radius
@@ -402,13 +429,15 @@ def per_query_loop_reference(query_codes, db_codes, query_labels, db_labels, top
     mean_or_zero = lambda values: float(np.mean(values)) if values else 0.0  # noqa: E731
     return (float(np.mean(ap_all)), float(np.mean(ap_k)), np.mean(p_at_n, axis=0),
             np.array([mean_or_zero(v) for v in pr_precision]),
-            np.array([mean_or_zero(v) for v in pr_recall]))
+            np.array([mean_or_zero(v) for v in pr_recall]), float(np.mean(ap_k_dcmh)))
 
 
 def _assert_matches_reference(result, reference, top_k):
-    map_all, map_k, p_at_n, pr_precision, pr_recall = reference
+    map_all, map_k, p_at_n, pr_precision, pr_recall, map_k_dcmh = reference
     assert result["map_all"] == pytest.approx(map_all, abs=1e-6)
     assert result["map_at_k"] == pytest.approx(map_k, abs=1e-6)
+    assert result["map_at_k_by_convention"]["top_k"] == pytest.approx(map_k, abs=1e-6)
+    assert result["map_at_k_by_convention"]["dcmh"] == pytest.approx(map_k_dcmh, abs=1e-6)
     np.testing.assert_allclose(result["precision_at_n"]["values"], p_at_n, atol=1e-9)
     np.testing.assert_allclose(result["pr_curve"]["precision"], pr_precision, atol=1e-9)
     np.testing.assert_allclose(result["pr_curve"]["recall"], pr_recall, atol=1e-9)
@@ -456,6 +485,8 @@ def test_queries_split_over_a_mesh_give_the_same_metrics(tied_data, tied_results
     expected = tied_results[10]
     assert result["map_all"] == pytest.approx(expected["map_all"], abs=1e-7)
     assert result["map_at_k"] == pytest.approx(expected["map_at_k"], abs=1e-7)
+    assert result["map_at_k_by_convention"] == pytest.approx(
+        expected["map_at_k_by_convention"], abs=1e-7)
     assert result["precision_at_n"] == expected["precision_at_n"]
     assert result["pr_curve"] == expected["pr_curve"]
 

@@ -1,11 +1,11 @@
-"""Tests for fjsph_jax.objectives: every loss against a plain numpy computation."""
+"""Tests for fjsph_jax.methods.fjsph.objectives: every loss against a plain numpy computation."""
 import math
 
 import jax
 import numpy as np
 import pytest
 
-from fjsph_jax import objectives
+from fjsph_jax.methods.fjsph import objectives
 
 RNG = np.random.default_rng(0)
 A, B, K, D = 5, 4, 8, 6

@@ -1,10 +1,10 @@
-"""Tests for fjsph_jax.plots: valid, non-trivial PNG files and clear argument errors."""
+"""Tests for fjsph_jax.evaluation.plots: valid, non-trivial PNG files and clear argument errors."""
 
 import matplotlib
 import numpy as np
 import pytest
 
-from fjsph_jax import plots
+from fjsph_jax.evaluation import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -4,10 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fjsph_jax import build
-from fjsph_jax import codes as codes_lib
+from fjsph_jax.methods.fjsph import build
+from fjsph_jax.methods.fjsph import code_bank as codes_lib
 from fjsph_jax import similarity as similarity_lib
-from fjsph_jax.step import StepSettings, loss_terms, total_loss
+from fjsph_jax.methods.fjsph.step import StepSettings, loss_terms, total_loss
 from tiny import tiny_config
 
 
@@ -56,3 +56,23 @@ def test_similarity_form_and_floor_come_from_config(setup):
     a = jnp.ones((2, 4))
     s = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     assert float(mse.similarity_loss(a, a, s)) != float(likelihood.similarity_loss(a, a, s))
+
+
+def test_frozen_contrastive_term_trains_the_projections(setup):
+    """In frozen mode the features are constants; the contrastive term must act on something
+    trained: its gradient reaches the projections that feed the hash heads."""
+    from flax import nnx
+
+    config, model, sim, bank, batch = setup
+    settings = StepSettings.from_config(config)
+    graphdef, params = nnx.split(model)
+
+    def contrastive(params):
+        terms, _, _ = loss_terms(nnx.merge(graphdef, params), batch, bank, sim, 0.0, settings,
+                                 None)
+        return terms["contrastive"]
+
+    grads = jax.grad(contrastive)(params)
+    norm = lambda tree: float(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))  # noqa: E731
+    assert norm(grads["image_proj"]) > 1e-8 and norm(grads["text_proj"]) > 1e-8
+    assert norm(grads["image_hash"]) == 0.0  # the heads read the embeddings, not the reverse

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fjsph_jax import build, inputs, parallel, train
+from fjsph_jax import inputs, parallel
+from fjsph_jax.methods.fjsph import build
+from fjsph_jax.methods.fjsph import method as fjsph_method
+from fjsph_jax.training import loop as train
 from fjsph_jax import similarity as similarity_lib
 from fjsph_jax.data.batches import EpochBatcher
-from fjsph_jax.step import StepSettings, make_train_step
+from fjsph_jax.methods.fjsph.step import StepSettings, make_train_step
 from tiny import tiny_built_config, tiny_config, write_tiny_mirflickr
 
 
@@ -24,12 +27,12 @@ def _one_step(config, devices, workdir):
     graphdef, params = nnx.split(model)
     optimizer = build.build_optimizer(config, params, total_steps=10)
     num_train = len(splits.train)
-    state = train.init_train_state(config, model, optimizer, num_train, mesh)
+    state = fjsph_method.init_train_state(config, model, optimizer, num_train, mesh)
     sim = similarity_lib.build_joint_similarity(
         data.labels[splits.train], cluster_ks=(4, 8), eta=0.3, key=jax.random.PRNGKey(0)
     )
-    sim = jax.device_put(sim, train._similarity_shardings(sim, mesh))
-    shardings = train._state_shardings(state, mesh, num_train)
+    sim = jax.device_put(sim, fjsph_method.similarity_shardings(sim, mesh))
+    shardings = fjsph_method.state_shardings(state, mesh, num_train)
     step_fn = make_train_step(
         graphdef, optimizer, StepSettings.from_config(config), shardings, parallel.replicated(mesh)
     )
@@ -78,7 +81,7 @@ def test_resume_reaches_the_same_parameters(tmp_path):
     assert sorted(os.listdir(tmp_path / "split" / "checkpoints"))[-1] == "5"
     resumed = train.train_and_evaluate(config, str(tmp_path / "split"))
     assert resumed["i2t"]["map_all"] == pytest.approx(full["i2t"]["map_all"], abs=1e-6)
-    from fjsph_jax.checkpointing import Checkpointer
+    from fjsph_jax.training.checkpointing import Checkpointer
 
     finals = []
     for name in ("full", "split"):
@@ -102,7 +105,7 @@ def test_streamed_run_resumes_in_memory_exactly(tmp_path):
     """The grain-streamed loader trains on the batches the in-memory one does: a run
     streamed to step 4 (iterator state saved with the checkpoint) and resumed with the
     memory loader ends with the parameters of an uninterrupted in-memory run."""
-    from fjsph_jax.checkpointing import Checkpointer
+    from fjsph_jax.training.checkpointing import Checkpointer
 
     write_tiny_mirflickr(tmp_path)
     memory = tiny_built_config(tmp_path, **{"data.loader": "memory"})
@@ -159,7 +162,7 @@ def test_run_writes_results_plots_and_logs(tmp_path):
 
 
 def test_code_updates_per_epoch():
-    every = train._code_update_every
+    every = fjsph_method.code_update_every
     assert every(tiny_config(), 156) == 3  # update_every_steps wins when > 0
     config = tiny_config(**{"codes.update_every_steps": -1, "codes.updates_per_epoch": 2})
     assert every(config, 156) == 78

@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fjsph_jax import build  # noqa: E402
+from fjsph_jax import encoders  # noqa: E402
+from fjsph_jax.methods.fjsph import build  # noqa: E402
 from fjsph_jax.data.preprocess import normalize_images  # noqa: E402
 from fjsph_jax.weights import load_pretrained  # noqa: E402
 from fjsph_jax.weights.testing import save_tiny_hf_clip  # noqa: E402
@@ -31,7 +32,7 @@ def checkpoint(tmp_path_factory):
 
 def test_model_towers_start_from_the_checkpoint(checkpoint):
     config = tiny_config(**{"init.checkpoint": checkpoint})
-    towers = build.load_pretrained_towers(config)
+    towers = encoders.load_pretrained_towers(config)
     model = build.build_model(config, towers.text.vocab_size, with_encoders=True, seed=0,
                               towers=towers)
     reference, tokenizer = load_pretrained(checkpoint)
@@ -64,6 +65,6 @@ def test_launch_with_checkpoint_reaches_the_dataset_step(checkpoint, tmp_path):
 
 def test_feature_dim_must_match_the_checkpoint(checkpoint):
     config = tiny_config(**{"init.checkpoint": checkpoint, "model.feature_dim": 48})
-    towers = build.load_pretrained_towers(config)
+    towers = encoders.load_pretrained_towers(config)
     with pytest.raises(ValueError, match="feature_dim=48 must equal the projection dim 32"):
-        build.tower_configs(config, towers.text.vocab_size, towers)
+        encoders.tower_configs(config, towers.text.vocab_size, towers)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fjsph_jax.models.fjsph import FJSPH, FJSPHConfig
+from fjsph_jax.methods.fjsph.model import FJSPH, FJSPHConfig
 from fjsph_jax.weights import (
     CheckpointFormatError,
     CheckpointKeysError,
@@ -226,7 +226,7 @@ def test_build_warns_when_the_config_normalisation_differs(towers, tmp_path, cap
 
     from tiny import tiny_config
 
-    from fjsph_jax import build
+    from fjsph_jax import encoders as build
 
     directory = tmp_path / "clip"
     directory.mkdir()

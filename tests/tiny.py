@@ -38,13 +38,9 @@ def tiny_config(**overrides):
 
 def apply_overrides(config, **overrides):
     """``config`` with dotted keys set, e.g. ``apply_overrides(c, **{"train.mode": "x"})``."""
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    from fjsph_jax.configuration import apply_overrides as apply
+
+    return apply(config, overrides)
 
 
 def tiny_built_config(root, **overrides):

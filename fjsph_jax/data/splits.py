@@ -130,3 +130,27 @@ def read_recorded_splits(path: str) -> Splits:
     with open(path) as f:
         document = json.load(f)
     return Splits(**{k: np.asarray(document[k], np.int64) for k in ("query", "database", "train")})
+
+
+def validation_splits(splits: Splits, num_validation: int, seed: int) -> Splits:
+    """Validation queries carved from the training set, for tuning without the test queries.
+
+    ``num_validation`` training rows (drawn with ``seed``) become the queries; they leave
+    the training set and the database, so nothing is trained on or retrieves itself. The
+    test queries appear nowhere: ``query' ⊂ train``, ``train' = train \\ query'``,
+    ``database' = database \\ query'``.
+    """
+    if not isinstance(num_validation, (int, np.integer)) or isinstance(num_validation, bool):
+        raise ValueError(f"config.data.num_validation={num_validation!r} must be an integer")
+    if not 0 < num_validation < len(splits.train):
+        raise ValueError(
+            f"config.data.num_validation={num_validation} must be in 1..{len(splits.train) - 1}: "
+            f"the validation queries are carved from the {len(splits.train)} training rows"
+        )
+    rng = np.random.default_rng([int(seed), 0x7A1])
+    query = np.sort(rng.choice(splits.train, size=int(num_validation), replace=False))
+    return Splits(
+        query=query.astype(np.int64),
+        database=np.setdiff1d(splits.database, query).astype(np.int64),
+        train=np.setdiff1d(splits.train, query).astype(np.int64),
+    )

@@ -1,5 +1,7 @@
-"""Flax NNX models: CLIP-shaped ViT and text encoders, hash heads, the FJSPH network."""
-from fjsph_jax.models.fjsph import FJSPH, FJSPHConfig
+"""Flax NNX building blocks: CLIP-shaped ViT and text encoders, hash heads, modality interaction.
+
+The methods compose them (FJSPH's network is :mod:`fjsph_jax.methods.fjsph.model`).
+"""
 from fjsph_jax.models.heads import HashHead
 from fjsph_jax.models.interaction import ModalityInteraction
 from fjsph_jax.models.layers import MLP, MultiHeadAttention, Transformer, TransformerBlock, activation
@@ -8,8 +10,6 @@ from fjsph_jax.models.text import TextConfig, TextTransformer
 from fjsph_jax.models.vit import ViTConfig, VisionTransformer, num_kept_patches, random_patch_mask
 
 __all__ = [
-    "FJSPH",
-    "FJSPHConfig",
     "HashHead",
     "MLP",
     "ModalityInteraction",

@@ -3,13 +3,15 @@
 For a global batch of B training pairs with training-set rows ``idx`` [B]:
 
     f_img, f_txt = image_tower(x, FLIP mask), text_tower(t)          [B, D]
-    u, v         = tanh-hash heads of f_img, f_txt                   [B, K]
-    z            = fused hash of (f_img, f_txt) (interaction block)  [B, K] (optional)
+                   (frozen mode: the batch's feature vectors)
+    e_img, e_txt = embeddings the heads read (frozen mode: trainable projections of f)
+    u, v         = tanh-hash heads of e_img, e_txt                   [B, K]
+    z            = fused hash of (e_img, e_txt) (interaction block)  [B, K] (optional)
     S_pair       = S(idx, idx)       [B, B]   joint label similarity within the batch
     S_bank       = S(idx, :)         [B, N]   rows against the whole training set
     B            = unified code bank [N, K]   in {-1, +1}
 
-    L = w_con   InfoNCE(f_img, f_txt; learnable temperature)
+    L = w_con   InfoNCE(e_img, e_txt; learnable temperature)
       + w_sim   sim(u, v; S_pair)
       + a w_bank (sim(u, B; S_bank) + sim(v, B; S_bank)) / 2
       + a w_q   (||u - B_idx||^2 + ||v - B_idx||^2) / 2
@@ -36,8 +38,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from fjsph_jax import codes as codes_lib
-from fjsph_jax import objectives, similarity
+from fjsph_jax.methods.fjsph import code_bank as bank_lib
+from fjsph_jax import similarity
+from fjsph_jax.methods.fjsph import objectives
 from fjsph_jax.data.preprocess import normalize_images
 
 
@@ -46,7 +49,7 @@ class TrainState(NamedTuple):
 
     params: Any  # nnx.State of the model's Params, replicated
     opt_state: Any  # optax state, replicated
-    bank: codes_lib.CodeBank  # B, F, G: [N, K] rows sharded over 'data'
+    bank: bank_lib.CodeBank  # B, F, G: [N, K] rows sharded over 'data'
     step: jax.Array  # int32 scalar: completed steps (= the data position)
     rng: jax.Array  # uint32 [2] base key; step keys are fold_in(rng, step)
 
@@ -108,7 +111,7 @@ def tower_features(model, batch: dict, settings: StepSettings, mask_key, *, trai
 def loss_terms(
     model,
     batch: dict,
-    bank: codes_lib.CodeBank,
+    bank: bank_lib.CodeBank,
     sim: similarity.JointSimilarity,
     bank_active,
     settings: StepSettings,
@@ -117,9 +120,10 @@ def loss_terms(
     """All loss terms (dict of scalars) plus the batch's hash outputs ``u, v`` [B, K]."""
     idx = batch["index"]
     f_img, f_txt = tower_features(model, batch, settings, mask_key, train=True)
-    u = model.hash_image(f_img)
-    v = model.hash_text(f_txt)
-    z = model.fuse(f_img, f_txt)
+    e_img, e_txt = model.embed_image(f_img), model.embed_text(f_txt)
+    u = model.image_hash(e_img)
+    v = model.text_hash(e_txt)
+    z = model.fuse(e_img, e_txt)
 
     s_bank = similarity.similarity_rows_for_indices(sim, idx)  # [B, N]
     s_pair = jnp.take(s_bank, idx, axis=1)  # [B, B]
@@ -127,7 +131,7 @@ def loss_terms(
     batch_codes = jnp.take(bank_codes, idx, axis=0)  # [B, K]
 
     terms = {
-        "contrastive": objectives.symmetric_infonce(f_img, f_txt, model.logit_scale[...]),
+        "contrastive": objectives.symmetric_infonce(e_img, e_txt, model.logit_scale[...]),
         "similarity": settings.similarity_loss(u, v, s_pair),
         "bank_similarity": 0.5
         * (
@@ -189,7 +193,7 @@ def train_step(
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    bank = codes_lib.update_outputs(
+    bank = bank_lib.update_outputs(
         state.bank, batch["index"], jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
     )
     metrics = {
@@ -222,16 +226,16 @@ def make_train_step(graphdef, optimizer, settings: StepSettings, state_shardings
 
 
 def code_update(
-    bank: codes_lib.CodeBank,
+    bank: bank_lib.CodeBank,
     sim: similarity.JointSimilarity,
     *,
     similarity_weight: float,
     quantization_weight: float,
     num_sweeps: int,
     floor: float,
-) -> codes_lib.CodeBank:
+) -> bank_lib.CodeBank:
     """B <- discrete DCC step of the joint objective on the current F, G banks."""
-    new_codes = codes_lib.discrete_code_step(
+    new_codes = bank_lib.discrete_code_step(
         bank,
         sim,
         similarity_weight=similarity_weight,

@@ -117,7 +117,11 @@ class Checkpointer:
 
 # Keys that do not change the training trajectory, so changing them keeps a run resumable.
 _NON_TRAJECTORY_KEYS = (
-    ("eval",),
+    ("eval", "batch_size"),
+    ("eval", "top_k"),
+    ("eval", "precision_ns"),
+    ("eval", "query_chunk"),
+    ("eval", "map_convention"),
     ("train", "log_every_steps"),
     ("train", "checkpoint_every_steps"),
     ("train", "max_checkpoints_to_keep"),

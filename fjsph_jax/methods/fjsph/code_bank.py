@@ -1,21 +1,28 @@
-"""The unified code bank, its discrete update, and bit packing.
+"""FJSPH's unified code bank and its discrete update.
 
 Codes are int8 in {-1, +1} (``sign_pm``, never ``jnp.sign``).  The bank holds, for all
-N training items, the codes ``B`` [N, K] and the latest continuous outputs of the image
-head ``F`` [N, K] and the text head ``G`` [N, K].  With the target
-``T = floor + (1 - floor) S`` (``floor = -1``: ``T = 2S - 1``) of a
-:class:`~fjsph_jax.similarity.JointSimilarity`, the code step minimises over B
+N training items, the codes ``B`` [N, K], the latest continuous outputs of the image
+head ``F`` [N, K] and the text head ``G`` [N, K], and which rows the heads have ``seen``
+[N] (rows of F and G not yet written hold no head output and are left out: they are
+zero in ``F_s``, ``G_s`` below).  With the target ``T = floor + (1 - floor) S``
+(``floor = -1``: ``T = 2S - 1``) of a :class:`~fjsph_jax.similarity.JointSimilarity`
+and ``n`` the number of seen rows, the code step minimises over B
 
-    J(B) = alpha (||K T - B F^T||^2 + ||K T - B G^T||^2) + gamma (||B - F||^2 + ||B - G||^2)
+    J(B) = alpha / (n K) (||K T - B F_s^T||^2 + ||K T - B G_s^T||^2)
+           + gamma (||B - F_s||^2 + ||B - G_s||^2)
 
-(alpha = ``similarity_weight``, gamma = ``quantization_weight``).  Expanding, with
+(alpha = ``similarity_weight``, gamma = ``quantization_weight``).  The similarity part
+is a sum over n columns of squared errors of size ~K^2 and the quantisation part a sum
+over K bits of errors ~1 per row, so the ``1 / (n K)`` makes both O(K) per row: the two
+weights are comparable numbers whatever N and K are.  Expanding, with
 
-    Q = alpha K T (F + G) + gamma (F + G)        [N, K]
-    W = alpha (F^T F + G^T G)                    [K, K]
+    Q = (alpha / n) T (F_s + G_s) + gamma (F_s + G_s)      [N, K]
+    W = alpha / (n K) (F_s^T F_s + G_s^T G_s)              [K, K]
 
-    J(B) = -2 <B, Q> + <B^T B, W> + 2 alpha K^2 ||T||^2 + gamma (2 N K + ||F||^2 + ||G||^2)
+    J(B) = -2 <B, Q> + <B^T B, W> + 2 alpha K / n ||T_s||^2 + gamma (2 N K + ||F_s||^2 + ||G_s||^2)
 
-for B in {-1, +1}^(N x K) (see :func:`code_objective`).
+for B in {-1, +1}^(N x K) (``||T_s||^2``: T restricted to the seen columns; see
+:func:`code_objective`, which reports J for all-seen banks).
 
 Nothing here builds an N x N matrix except :func:`dense_code_objective` (tests only).
 """
@@ -27,19 +34,11 @@ import typing
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fjsph_jax import similarity as similarity_lib
+from fjsph_jax.binary import sign_pm
 
 _PRECISION = jax.lax.Precision.HIGHEST
-
-
-def sign_pm(x) -> jax.Array:
-    """Elementwise sign in {-1, +1} as int8: ``+1 if x >= 0 else -1`` (0 and -0 -> +1).
-
-    NaN maps to -1 (``NaN >= 0`` is false).  Same shape as ``x``.
-    """
-    return jnp.where(jnp.asarray(x) >= 0, 1, -1).astype(jnp.int8)
 
 
 class CodeBank(typing.NamedTuple):
@@ -49,18 +48,20 @@ class CodeBank(typing.NamedTuple):
       codes: int8 [N, K] in {-1, +1}, the unified code bank B.
       image_outputs: float32 [N, K], F, the latest image-head output of every item.
       text_outputs: float32 [N, K], G, the latest text-head output of every item.
+      seen: bool [N], rows whose F, G the heads have written (None: all of them).
     """
 
     codes: jax.Array
     image_outputs: jax.Array
     text_outputs: jax.Array
+    seen: jax.Array | None = None
 
 
 def init_code_bank(num_items: int, bits: int, key) -> CodeBank:
-    """Random uniform ±1 codes [N, K]; F = G = the codes as float32.
+    """Random uniform ±1 codes [N, K]; F = G = the codes as float32; no row seen yet.
 
-    Starting F and G at the codes keeps the bank self-consistent (zero quantisation
-    error, ``sign_pm(F + G) == codes``) until the first head outputs are scattered in.
+    F and G start at the codes, so the bank is self-consistent (``sign_pm(F + G) ==
+    codes``), but the discrete step leaves rows out until the heads have written them.
     """
     if not _is_int(num_items) or num_items < 1:
         raise ValueError(f"num_items must be an int >= 1, got {num_items!r}")
@@ -79,7 +80,8 @@ def _init_code_bank(key, *, num_items, bits):
     positive = jax.random.bernoulli(key, 0.5, (num_items, bits))
     codes = jnp.where(positive, 1, -1).astype(jnp.int8)
     as_float = codes.astype(jnp.float32)
-    return CodeBank(codes=codes, image_outputs=as_float, text_outputs=as_float)
+    return CodeBank(codes=codes, image_outputs=as_float, text_outputs=as_float,
+                    seen=jnp.zeros((num_items,), bool))
 
 
 def update_outputs(bank: CodeBank, idx_b, image_out_bk, text_out_bk) -> CodeBank:
@@ -89,7 +91,7 @@ def update_outputs(bank: CodeBank, idx_b, image_out_bk, text_out_bk) -> CodeBank
       idx_b: int [B] training-item indices (distinct).
       image_out_bk, text_out_bk: [B, K] continuous outputs (cast to float32).
     Returns:
-      A new :class:`CodeBank` (codes unchanged).
+      A new :class:`CodeBank` (codes unchanged; rows ``idx`` marked seen).
     """
     idx_b = jnp.asarray(idx_b)
     expected = (idx_b.shape[0], bank.image_outputs.shape[1])
@@ -99,16 +101,20 @@ def update_outputs(bank: CodeBank, idx_b, image_out_bk, text_out_bk) -> CodeBank
     return bank._replace(
         image_outputs=bank.image_outputs.at[idx_b].set(jnp.asarray(image_out_bk, jnp.float32)),
         text_outputs=bank.text_outputs.at[idx_b].set(jnp.asarray(text_out_bk, jnp.float32)),
+        seen=None if bank.seen is None else bank.seen.at[idx_b].set(True),
     )
 
 
 def _outputs(bank_or_f_g):
-    """(F, G) float32 from a CodeBank or an (F, G) pair."""
+    """(F_s, G_s, seen) float32 from a CodeBank or an (F, G) pair: unseen rows zeroed;
+    ``seen`` is float32 [N] (all ones for a pair or a bank without ``seen``)."""
     if isinstance(bank_or_f_g, CodeBank):
-        f, g = bank_or_f_g.image_outputs, bank_or_f_g.text_outputs
+        f, g, seen = bank_or_f_g.image_outputs, bank_or_f_g.text_outputs, bank_or_f_g.seen
     else:
-        f, g = bank_or_f_g
-    return jnp.asarray(f, jnp.float32), jnp.asarray(g, jnp.float32)
+        (f, g), seen = bank_or_f_g, None
+    f, g = jnp.asarray(f, jnp.float32), jnp.asarray(g, jnp.float32)
+    seen = jnp.ones(f.shape[:1], jnp.float32) if seen is None else seen.astype(jnp.float32)
+    return f * seen[:, None], g * seen[:, None], seen
 
 
 def _check_weights(similarity_weight, quantization_weight):
@@ -119,22 +125,26 @@ def _check_weights(similarity_weight, quantization_weight):
             raise ValueError(f"{name} must be >= 0, got {value}")
 
 
-def _linear_and_quadratic_terms(f_nk, g_nk, sim, alpha, gamma, floor):
-    """``Q = alpha K T (F+G) + gamma (F+G)`` [N, K] and ``W = alpha (F^T F + G^T G)`` [K, K]."""
+def _linear_and_quadratic_terms(f_nk, g_nk, seen_n, sim, alpha, gamma, floor):
+    """``Q = (alpha / n) T (F+G) + gamma (F+G)`` [N, K] and
+    ``W = alpha / (n K) (F^T F + G^T G)`` [K, K], ``n`` the number of seen rows (F, G
+    already zero on unseen rows)."""
     bits = f_nk.shape[1]
+    num_seen = jnp.maximum(jnp.sum(seen_n), 1.0)
     f_plus_g = f_nk + g_nk
-    q = alpha * bits * similarity_lib.apply_target(sim, f_plus_g, floor=floor) + gamma * f_plus_g
-    w = alpha * (jnp.matmul(f_nk.T, f_nk, precision=_PRECISION)
-                 + jnp.matmul(g_nk.T, g_nk, precision=_PRECISION))
+    q = (alpha / num_seen) * similarity_lib.apply_target(sim, f_plus_g, floor=floor) \
+        + gamma * f_plus_g
+    w = (alpha / (num_seen * bits)) * (jnp.matmul(f_nk.T, f_nk, precision=_PRECISION)
+                                       + jnp.matmul(g_nk.T, g_nk, precision=_PRECISION))
     return q, w
 
 
 @functools.partial(jax.jit, static_argnames=("num_sweeps",))
 def _discrete_code_step(bank, sim, alpha, gamma, floor, num_sweeps):
-    f, g = _outputs(bank)
+    f, g, seen = _outputs(bank)
     alpha = jnp.asarray(alpha, jnp.float32)
     gamma = jnp.asarray(gamma, jnp.float32)
-    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma, floor)
+    q, w = _linear_and_quadratic_terms(f, g, seen, sim, alpha, gamma, floor)
     # alpha == 0: W == 0 and the step is sign_pm(gamma (F + G)); use F + G itself so
     # that the result is exactly sign_pm(F + G) (no underflow of gamma * x to -0).
     q = jnp.where(alpha == 0, f + g, q)
@@ -151,8 +161,11 @@ def _discrete_code_step(bank, sim, alpha, gamma, floor, num_sweeps):
     def sweep(_, codes):
         return jax.lax.fori_loop(0, bits, update_bit, codes)
 
-    codes = jax.lax.fori_loop(0, num_sweeps, sweep, bank.codes.astype(jnp.float32))
-    return sign_pm(codes)
+    old = bank.codes.astype(jnp.float32)
+    codes = jax.lax.fori_loop(0, num_sweeps, sweep, old)
+    # With alpha == 0, J does not depend on the codes of unseen rows: keep them.
+    keep = (alpha == 0) & (seen == 0)
+    return sign_pm(jnp.where(keep[:, None], old, codes))
 
 
 def discrete_code_step(bank: CodeBank, sim: similarity_lib.JointSimilarity, *,
@@ -194,10 +207,11 @@ def code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
     """J(B) computed from the low-rank factors (no N x N matrix).
 
         J(B) = -2 <B, Q> + <B^T B, W>
-               + 2 alpha K^2 ||T||_F^2 + gamma (2 ||B||^2 + ||F||^2 + ||G||^2)
+               + 2 alpha K / n ||T||_F^2 + gamma (2 ||B||^2 + ||F_s||^2 + ||G_s||^2)
 
     where ``||T||_F^2`` comes from :func:`~fjsph_jax.similarity.target_squared_norm`
-    (and ``||B||^2 = N K`` for ±1 codes).  With ``include_constant=False`` the last line
+    (and ``||B||^2 = N K`` for ±1 codes); that constant is exact when every row is seen
+    (the terms in B are exact always).  With ``include_constant=False`` the last line
     is dropped: the result is J(B) up to a constant independent of B, which is the
     numerically better quantity for comparing codes at large N (float32 cancellation in
     ``K^2 ||T||^2``).
@@ -217,16 +231,18 @@ def code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
 
 @functools.partial(jax.jit, static_argnames=("include_constant",))
 def _code_objective(codes, f_g, sim, alpha, gamma, floor, include_constant):
-    f, g = f_g
+    f, g, seen = f_g
     b = jnp.asarray(codes, jnp.float32)
     alpha = jnp.asarray(alpha, jnp.float32)
     gamma = jnp.asarray(gamma, jnp.float32)
-    q, w = _linear_and_quadratic_terms(f, g, sim, alpha, gamma, floor)
+    q, w = _linear_and_quadratic_terms(f, g, seen, sim, alpha, gamma, floor)
     gram_b = jnp.matmul(b.T, b, precision=_PRECISION)
     value = -2.0 * jnp.sum(b * q) + jnp.sum(gram_b * w)
     if include_constant:
         bits = f.shape[1]
-        value += (2.0 * alpha * bits**2 * similarity_lib.target_squared_norm(sim, floor=floor)
+        num_seen = jnp.maximum(jnp.sum(seen), 1.0)
+        value += (2.0 * alpha * bits / num_seen
+                  * similarity_lib.target_squared_norm(sim, floor=floor)
                   + gamma * (2.0 * jnp.trace(gram_b) + jnp.sum(f * f) + jnp.sum(g * g)))
     return value
 
@@ -235,61 +251,16 @@ def _code_objective(codes, f_g, sim, alpha, gamma, floor, include_constant):
 def dense_code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
                          similarity_weight, quantization_weight,
                          floor: float = -1.0) -> jax.Array:
-    """J(B) evaluated literally with the dense target T [N, N].  Tests / small N only."""
-    f, g = _outputs(bank_or_f_g)
+    """J(B) evaluated literally with the dense target T [N, N] (columns of unseen rows
+    dropped).  Tests / small N only."""
+    f, g, seen = _outputs(bank_or_f_g)
     b = jnp.asarray(codes, jnp.float32)
     bits = f.shape[1]
+    num_seen = jnp.maximum(jnp.sum(seen), 1.0)
     target = bits * (floor + (1.0 - floor) * similarity_lib.dense_similarity(sim))
+    target = target * seen[None, :]
     similarity_term = (jnp.sum((target - jnp.matmul(b, f.T, precision=_PRECISION)) ** 2)
                        + jnp.sum((target - jnp.matmul(b, g.T, precision=_PRECISION)) ** 2))
     quantization_term = jnp.sum((b - f) ** 2) + jnp.sum((b - g) ** 2)
-    return similarity_weight * similarity_term + quantization_weight * quantization_term
-
-
-# ------------------------------------------------------------------------ bit packing
-
-_BYTE_WEIGHTS = np.array([128, 64, 32, 16, 8, 4, 2, 1], np.uint8)
-
-
-@jax.jit
-def pack_bits(codes_nk) -> jax.Array:
-    """Pack ±1 codes into bytes: bit 1 for +1, 0 for -1, big-endian within a byte.
-
-    Matches ``np.packbits(codes > 0, axis=1)`` (the last byte zero-padded).
-
-    Args:
-      codes_nk: [N, K] codes in {-1, +1}.
-    Returns:
-      uint8 [N, ceil(K / 8)].
-    """
-    codes = jnp.asarray(codes_nk)
-    if codes.ndim != 2:
-        raise ValueError(f"codes_nk must be 2-D [N, K], got shape {codes.shape}")
-    num_items, bits = codes.shape
-    num_bytes = -(-bits // 8)
-    ones = (codes > 0).astype(jnp.uint8)
-    ones = jnp.pad(ones, ((0, 0), (0, num_bytes * 8 - bits)))
-    grouped = ones.reshape(num_items, num_bytes, 8) * _BYTE_WEIGHTS
-    return jnp.sum(grouped, axis=2, dtype=jnp.uint8)
-
-
-@functools.partial(jax.jit, static_argnames=("bits",))
-def unpack_bits(packed, bits: int) -> jax.Array:
-    """Inverse of :func:`pack_bits`: uint8 [N, B] -> int8 ±1 [N, bits].
-
-    Args:
-      packed: uint8 [N, ceil(bits / 8)] as produced by :func:`pack_bits`.
-      bits: K, the number of code bits (static), 8 * (B - 1) < K <= 8 * B.
-    """
-    packed = jnp.asarray(packed)
-    if packed.ndim != 2 or packed.dtype != jnp.uint8:
-        raise ValueError(f"packed must be a 2-D uint8 array, got {packed.dtype}{packed.shape}")
-    num_bytes = packed.shape[1]
-    if not _is_int(bits) or not 8 * (num_bytes - 1) < bits <= 8 * num_bytes:
-        raise ValueError(f"bits must be an int in [{8 * (num_bytes - 1) + 1}, "
-                         f"{8 * num_bytes}] for {num_bytes} bytes per row, got {bits!r}")
-    bits = int(bits)
-    shifts = jnp.arange(7, -1, -1, dtype=jnp.uint8)
-    ones = (packed[:, :, None] >> shifts) & jnp.uint8(1)
-    ones = ones.reshape(packed.shape[0], num_bytes * 8)[:, :bits]
-    return (2 * ones.astype(jnp.int8) - 1).astype(jnp.int8)
+    return (similarity_weight / (num_seen * bits) * similarity_term
+            + quantization_weight * quantization_term)

@@ -1,14 +1,16 @@
 """Host ranking for the retrieval metrics on CPU: JAX distances, a counting sort per query.
 
-:mod:`fjsph_jax.metrics` ranks the database without sorting, by counting
-(:func:`fjsph_jax.metrics._chunk_statistics`). That kernel needs a gather and a
+:mod:`fjsph_jax.evaluation.metrics` ranks the database without sorting, by counting
+(:func:`fjsph_jax.evaluation.metrics._chunk_statistics`). That kernel needs a gather and a
 scatter-add into per-distance counters for every query-item pair, which XLA:CPU emits as
 scalar loops (about 25 ns per pair in all). On CPU this module computes the same per-query
 statistics in about a quarter of the time:
 
 1. JAX computes, for a chunk of ``C`` queries, the Hamming distances ``d`` [C, N] (uint8
    for K <= 255) and the relevance ``rel`` [C, N] (bool), queries in the major axis: a
-   fused XOR / popcount / AND, about 1 ns per pair.
+   fused XOR / popcount / AND, about 1 ns per pair. For sparse ``{0, 1}`` codes with ``r``
+   ones per row (``sparse_ones=r``) the distance is ``popcount(q XOR b) / 2 = r - <q, b>``
+   (``r + 1`` buckets instead of ``K + 1``).
 2. On the host, each query's items are put in rank order by a *stable counting sort* on
    the distance (``K + 1`` buckets; within a bucket, database rows stay in increasing
    order), which is exactly the ranking of the metrics (distance ascending, lower row
@@ -22,6 +24,7 @@ statistics in about a quarter of the time:
 
        sum_all       = sum_i i / rank_i
        sum_top_k     = sum_{i : rank_i <= K} i / rank_i,   in_top_k = #{i : rank_i <= K}
+       sum_first_k   = sum_{i <= min(K, R)} i / rank_i     (the first K relevant items)
        in_top_n[m]   = #{i : rank_i <= n_m}
        count[v]      = e_v - e_{v-1},   relevant[v] = #{i : rank_i <= e_v} - (same at v-1)
 
@@ -68,9 +71,9 @@ def distance_dtype(num_bits: int) -> np.dtype:
     return np.dtype(np.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("num_bits",))
+@functools.partial(jax.jit, static_argnames=("num_bits", "halve"))
 def _distances_and_relevance(query_words_cw, query_labels_cl, db_words_wn, db_labels_ln, *,
-                             num_bits):
+                             num_bits, halve=False):
     """Distances and relevance of a chunk of queries to the whole database.
 
     Args:
@@ -79,17 +82,21 @@ def _distances_and_relevance(query_words_cw, query_labels_cl, db_words_wn, db_la
       db_words_wn: uint32 [W, N] packed database codes, transposed (items minor, so every
         op is vectorised over items).
       db_labels_ln: uint32 [L, N] packed database labels, transposed.
-      num_bits: K.
+      num_bits: the largest distance: K, or r for sparse codes.
+      halve: sparse codes (the same number of ones in every row): the distance is half
+        the popcount, ``r - <q, db>``.
 
     Returns:
-      ``d`` [C, N] of :func:`distance_dtype`, ``d = sum_w popcount(q_w XOR db_w)``, and
-      ``rel`` bool [C, N], ``rel = any_l (q_l AND db_l) != 0``.
+      ``d`` [C, N] of :func:`distance_dtype`, ``d = sum_w popcount(q_w XOR db_w)`` (halved
+      when ``halve``), and ``rel`` bool [C, N], ``rel = any_l (q_l AND db_l) != 0``.
     """
     distance = None
     for word in range(db_words_wn.shape[0]):
         count = jax.lax.population_count(
             query_words_cw[:, word : word + 1] ^ db_words_wn[word][None, :])
         distance = count if distance is None else distance + count
+    if halve:
+        distance = distance >> 1
     relevant = None
     for word in range(db_labels_ln.shape[0]):
         overlap = (query_labels_cl[:, word : word + 1] & db_labels_ln[word][None, :]) != 0
@@ -177,7 +184,7 @@ def _rank_query(distance_n, relevant_n, row, *, sort, scratch_for, columns_n, hi
     """Writes the statistics of one query (``d``, ``rel`` [N]) into row ``row`` of ``out``:
     the tuple that :func:`query_statistics` returns, except that the first two arrays get
     the cumulative counts ``#{n : d_n <= v}`` and ``#{relevant n : d_n <= v}``."""
-    ends_qv, relevant_ends_qv, sum_all_q, sum_top_k_q, in_top_k_q, in_top_n_qm = out
+    ends_qv, relevant_ends_qv, sum_all_q, sum_top_k_q, in_top_k_q, in_top_n_qm, sum_first_k_q = out
     scratch = scratch_for()
     sort(distance_n, relevant_n, scratch, columns_n)
     rank_r = np.flatnonzero(scratch.ranked)  # 1-based ranks of the relevant items, increasing
@@ -189,6 +196,7 @@ def _rank_query(distance_n, relevant_n, row, *, sort, scratch_for, columns_n, hi
         in_top_k = int(np.searchsorted(rank_r, top_k, side="right"))
         in_top_k_q[row] = in_top_k
         sum_top_k_q[row] = precision_r[:in_top_k].sum()
+        sum_first_k_q[row] = precision_r[:top_k].sum()  # the first min(top_k, R) relevant
     if ns_m.shape[0]:
         in_top_n_qm[row] = np.searchsorted(rank_r, ns_m, side="right")
 
@@ -196,15 +204,16 @@ def _rank_query(distance_n, relevant_n, row, *, sort, scratch_for, columns_n, hi
 def query_statistics(query_words_qw: Any, query_labels_ql: Any, db_words_nw: Any,
                      db_labels_nl: Any, *, num_bits: int, top_k: int | None, ns_m: Any,
                      query_chunk: int, threads: int | None = None,
-                     sort: str = "scipy") -> tuple[np.ndarray, ...]:
+                     sort: str = "scipy",
+                     sparse_ones: int | None = None) -> tuple[np.ndarray, ...]:
     """Per-query ranking statistics, computed on the host (see the module docstring).
 
     Args:
-      query_words_qw: uint32 [Q, W] packed query codes (:func:`fjsph_jax.index.code_words`).
-      query_labels_ql: uint32 [Q, L] packed query labels (:func:`fjsph_jax.index.label_words`).
+      query_words_qw: uint32 [Q, W] packed query codes (:func:`fjsph_jax.evaluation.index.code_words`).
+      query_labels_ql: uint32 [Q, L] packed query labels (:func:`fjsph_jax.evaluation.index.label_words`).
       db_words_nw: uint32 [N, W] packed database codes.
       db_labels_nl: uint32 [N, L] packed database labels.
-      num_bits: K, the code length.
+      num_bits: K, the code length (D for sparse codes).
       top_k: rank cut-off of MAP@K (at most N), or None to skip it.
       ns_m: int [M] cut-offs of P@n (each at most N), possibly empty.
       query_chunk: at most this many queries per distance chunk (fewer when
@@ -212,14 +221,21 @@ def query_statistics(query_words_qw: Any, query_labels_ql: Any, db_words_nw: Any
       threads: ranking threads (default :func:`default_threads`).
       sort: ``"scipy"`` (falls back to numpy where scipy's routine is unavailable) or
         ``"numpy"``.
+      sparse_ones: None for packed ``{-1, +1}`` codes (distance = popcount(XOR), ``K + 1``
+        buckets); ``r`` for packed sparse ``{0, 1}`` codes with exactly ``r`` ones in every
+        query and database row (distance = popcount(XOR) / 2 = ``r - <q, b>``, ``r + 1``
+        buckets; the caller validates the row sums).
 
     Returns:
-      The fields of :class:`fjsph_jax.metrics._QueryStatistics`, numpy arrays with the
-      queries first: ``count_by_distance`` int64 [Q, K + 1], ``relevant_by_distance``
-      int64 [Q, K + 1], ``precision_sum_all`` float64 [Q] (``sum over relevant items of
-      hits(r) / r``), ``precision_sum_top_k`` float64 [Q] (the same over ``r <= top_k``; 0
-      without ``top_k``), ``relevant_in_top_k`` int64 [Q] (0 without ``top_k``) and
-      ``relevant_in_top_n`` int64 [Q, M].
+      The fields of :class:`fjsph_jax.evaluation.metrics._QueryStatistics`, numpy arrays with the
+      queries first: ``count_by_distance`` int64 [Q, V], ``relevant_by_distance``
+      int64 [Q, V] (``V = K + 1``, or ``r + 1`` for sparse codes), ``precision_sum_all``
+      float64 [Q] (``sum over relevant items of hits(r) / r``), ``precision_sum_top_k``
+      float64 [Q] (the same over ``r <= top_k``; 0 without ``top_k``),
+      ``relevant_in_top_k`` int64 [Q] (0 without ``top_k``), ``relevant_in_top_n`` int64
+      [Q, M] and ``precision_sum_first_k`` float64 [Q] (the same sum over the first
+      ``min(top_k, R)`` relevant items wherever they rank, ``hits(r) <= top_k``; 0 without
+      ``top_k``).
     """
     num_queries = query_words_qw.shape[0]
     num_db = db_words_nw.shape[0]
@@ -232,12 +248,14 @@ def query_statistics(query_words_qw: Any, query_labels_ql: Any, db_words_nw: Any
     db_words_wn = jnp.asarray(db_words_nw).T
     db_labels_ln = jnp.asarray(db_labels_nl).T
     ns_m = np.asarray(ns_m, dtype=np.int64).reshape(-1)
-    num_buckets = num_bits + 1
+    max_distance = num_bits if sparse_ones is None else int(sparse_ones)
+    num_buckets = max_distance + 1
     out = (np.zeros((num_queries, num_buckets), np.int64),
            np.zeros((num_queries, num_buckets), np.int64),
            np.zeros((num_queries,), np.float64), np.zeros((num_queries,), np.float64),
            np.zeros((num_queries,), np.int64),
-           np.zeros((num_queries, ns_m.shape[0]), np.int64))
+           np.zeros((num_queries, ns_m.shape[0]), np.int64),
+           np.zeros((num_queries,), np.float64))
 
     local = threading.local()
 
@@ -254,7 +272,8 @@ def query_statistics(query_words_qw: Any, query_labels_ql: Any, db_words_nw: Any
     def distances(index):
         rows = slice(index * chunk, (index + 1) * chunk)
         return _distances_and_relevance(query_words[rows], query_labels[rows], db_words_wn,
-                                        db_labels_ln, num_bits=num_bits)
+                                        db_labels_ln, num_bits=max_distance,
+                                        halve=sparse_ones is not None)
 
     # Chunk i + 1's distances are computed (asynchronous dispatch) while the threads rank
     # chunk i, and chunk i's queries are queued before chunk i - 1's are waited for, so the

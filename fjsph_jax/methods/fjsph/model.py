@@ -2,14 +2,21 @@
 
     f_img = vision(pixels)                 [B, feature_dim]  (FLIP masking while training)
     f_txt = text(input_ids, mask)          [B, feature_dim]
-    h_img = image_hash(f_img)              [B, bits] in (-1, 1)
-    h_txt = text_hash(f_txt)               [B, bits] in (-1, 1)
-    h_fus = fused_hash(interaction(f_img, f_txt))   [B, bits]   (training only; optional)
+    e_img = embed_image(f_img)             [B, feature_dim]  (= f_img end to end)
+    e_txt = embed_text(f_txt)              [B, feature_dim]
+    h_img = image_hash(e_img)              [B, bits] in (-1, 1)
+    h_txt = text_hash(e_txt)               [B, bits] in (-1, 1)
+    h_fus = fused_hash(interaction(e_img, e_txt))   [B, bits]   (training only; optional)
     logit_scale                            scalar, log-space: logits = exp(s) * cos-sim
 
-Frozen-encoder mode (config.vision and config.text None): features arrive precomputed,
-only the heads, the interaction block and logit_scale exist, and `image_features` /
-`text_features` raise. Each encoder may be left out on its own.
+The contrastive loss acts on ``e_img, e_txt``: the embeddings that feed the hash heads.
+
+Frozen-encoder mode (config.vision and config.text None): features arrive precomputed
+(``[B, image_input_dim]`` and ``[B, text_input_dim]``: tower features, or any feature
+file), `image_features` / `text_features` raise, and trainable projections
+``e = image_proj(f)`` / ``text_proj(f)`` (Linear to ``feature_dim``) map them into the
+space that the contrastive loss, the interaction block and the heads share. Without them
+the contrastive term would act on constants and train nothing but the temperature.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from flax import nnx
 
 from fjsph_jax.models.heads import HashHead
 from fjsph_jax.models.interaction import ModalityInteraction
+from fjsph_jax.models.layers import linear
 from fjsph_jax.models.text import TextConfig, TextTransformer
 from fjsph_jax.models.vit import ViTConfig, VisionTransformer
 
@@ -46,6 +54,8 @@ class FJSPHConfig:
     init_logit_scale: float = math.log(1 / 0.07)
     interaction_mlp_dim: int | None = None
     hash_act: str = "gelu"
+    image_input_dim: int | None = None  # frozen mode: feature dims (None: feature_dim)
+    text_input_dim: int | None = None
 
     def __post_init__(self):
         if self.interaction not in INTERACTION_KINDS:
@@ -82,6 +92,16 @@ class FJSPH(nnx.Module):
                 raise ValueError(
                     f"{name} encoder output_dim={encoder.output_dim} must equal feature_dim={config.feature_dim}"
                 )
+        if config.frozen_encoders:
+            self.image_proj = linear(
+                config.image_input_dim or config.feature_dim, config.feature_dim, rngs=rngs,
+                dtype=dtype)
+            self.text_proj = linear(
+                config.text_input_dim or config.feature_dim, config.feature_dim, rngs=rngs,
+                dtype=dtype)
+        else:
+            self.image_proj = None
+            self.text_proj = None
         head = dict(rngs=rngs, act=config.hash_act, dtype=dtype)
         self.image_hash = HashHead(config.feature_dim, config.bits, config.hash_hidden_dim, **head)
         self.text_hash = HashHead(config.feature_dim, config.bits, config.hash_hidden_dim, **head)
@@ -120,16 +140,26 @@ class FJSPH(nnx.Module):
             )
         return self.text(input_ids, attention_mask)
 
+    def embed_image(self, features: jax.Array) -> jax.Array:
+        """Image features -> the embedding the heads read [B, feature_dim] (projected in
+        frozen mode, unchanged end to end)."""
+        return features if self.image_proj is None else self.image_proj(features)
+
+    def embed_text(self, features: jax.Array) -> jax.Array:
+        """Text features -> the embedding the heads read [B, feature_dim]."""
+        return features if self.text_proj is None else self.text_proj(features)
+
     def hash_image(self, features: jax.Array) -> jax.Array:
-        """Image features [B, feature_dim] -> relaxed codes [B, bits] float32 in (-1, 1)."""
-        return self.image_hash(features)
+        """Image features -> relaxed codes [B, bits] float32 in (-1, 1)."""
+        return self.image_hash(self.embed_image(features))
 
     def hash_text(self, features: jax.Array) -> jax.Array:
-        """Text features [B, feature_dim] -> relaxed codes [B, bits] float32 in (-1, 1)."""
-        return self.text_hash(features)
+        """Text features -> relaxed codes [B, bits] float32 in (-1, 1)."""
+        return self.text_hash(self.embed_text(features))
 
-    def fuse(self, image_features: jax.Array, text_features: jax.Array) -> jax.Array | None:
-        """Paired features ([B, D], [B, D]) -> fused relaxed codes [B, bits]; None when interaction='none'."""
+    def fuse(self, image_embedding: jax.Array, text_embedding: jax.Array) -> jax.Array | None:
+        """Paired embeddings ([B, D], [B, D], from :meth:`embed_image` / :meth:`embed_text`)
+        -> fused relaxed codes [B, bits]; None when interaction='none'."""
         if self.interaction is None:
             return None
-        return self.fused_hash(self.interaction(image_features, text_features))
+        return self.fused_hash(self.interaction(image_embedding, text_embedding))

@@ -10,6 +10,25 @@ Protocol (DCMH, DCHMT, MITH, DSPH):
 * the database is ranked per query by Hamming distance ``d = (K - q . b) / 2``
   ascending, ties broken stably by database index (lower index first).
 
+MAP@K comes in the two conventions of the field (``convention=``, both computed in the
+same pass; MAP@all is the same under both):
+
+* ``"top_k"`` (default), JSPSH's ``mAP.m`` and DJSRH/JDSH's ``calculate_top_map``: the
+  mean of ``P@r`` over the relevant items inside the top K, ``AP = (1/R_K) sum_{r <= K}
+  P@r rel(r)`` with ``R_K`` the relevant items in the top K;
+* ``"dcmh"``, DCMH/DCHMT's ``calc_map_k``: the mean of ``P@rank_i = i / rank_i`` over the
+  first ``min(K, R)`` relevant items wherever they rank, ``R`` all relevant items.
+
+Sparse codes (``code_format="sparse"``, e.g. JSPSH): ``{0, 1}`` matrices ``[Q, D]`` and
+``[N, D]`` (bool, integer or floating dtype) with exactly the same number ``r >= 1`` of
+ones in every query and database row, ranked by inner product ``<q, b>`` descending, ties
+by database index. For such codes ``popcount(q XOR b) = 2 (r - <q, b>)``, so the ranking is
+the ranking by ``d = r - <q, b> = popcount(q XOR b) / 2`` ascending, which takes only the
+``r + 1`` values ``0..r``: the codes are packed as bits (1 where the code is 1) and both
+paths below run unchanged with ``r + 1`` distance buckets instead of ``K + 1``. The PR
+curve then has ``r + 1`` points, thresholds ``d <= t`` for ``t = 0..r``, i.e. inner
+product ``>= r - t``. Inputs are validated (values 0/1 only, equal row sums ``r``).
+
 Every metric comes from one jitted kernel (:func:`_chunk_statistics`) that finds the exact
 rank of every database item without sorting: Hamming distances take only ``K + 1``
 values, so with per-query histograms over distance buckets (pass 1) and, in row order,
@@ -23,7 +42,7 @@ most ``query_chunk`` (optionally split over a mesh), and the database is streame
 so memory is ``O(query_chunk * (K + tile))`` and time ``O(Q N)``, never ``O(Q N log N)``.
 Per-query statistics come back to the host and are averaged in float64.
 
-On CPU the same per-query statistics come from :mod:`fjsph_jax.metrics_host` instead:
+On CPU the same per-query statistics come from :mod:`fjsph_jax.evaluation.metrics_host` instead:
 JAX computes the distances of a chunk of queries and the host ranks each query with a
 stable counting sort of its items by distance (compiled, ``O(N)``), one thread per core.
 The kernel's per-pair gathers and scatter-adds are scalar loops on XLA:CPU (about 25 ns
@@ -45,8 +64,9 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from fjsph_jax import index as index_lib
-from fjsph_jax import metrics_host, parallel
+from fjsph_jax.evaluation import index as index_lib
+from fjsph_jax import parallel
+from fjsph_jax.evaluation import metrics_host
 
 DEFAULT_QUERY_CHUNK = 256
 RANK_BLOCK_ROWS = 32  # database rows per step of the ranking pass (pairwise within a block)
@@ -54,6 +74,13 @@ TILE_ROWS = 4096  # database rows whose distances are computed in one go
 DEFAULT_PRECISION_NS = (1, 5, 10, 20, 50, 100, 200, 500, 1000)
 _NS_BUCKET = 8  # ns lists are padded to a multiple of this length (fewer recompilations)
 METHODS = ("auto", "device", "host")  # how the ranking statistics are computed
+# MAP@K conventions: "top_k" (JSPSH mAP.m, DJSRH/JDSH calculate_top_map) averages P@r over
+# the relevant items inside the top K; "dcmh" (DCMH/DCHMT calc_map_k) over the first
+# min(K, R) relevant items wherever they rank.
+CONVENTIONS = ("top_k", "dcmh")
+# Code formats: "pm1" {-1, +1} codes ranked by Hamming distance; "sparse" {0, 1} codes with
+# the same number r of ones in every row, ranked by inner product (descending).
+CODE_FORMATS = ("pm1", "sparse")
 
 
 # ----------------------------------------------------------------------------------------
@@ -77,18 +104,72 @@ def _holds_only_zero_one(array: jax.Array) -> jax.Array:
 
 def _check_codes(codes: Any, name: str) -> jax.Array:
     """Validates a ``[M, K]`` code matrix: signed int or float dtype, values exactly +-1."""
-    codes = _check_matrix(codes, name)
+    codes = index_lib._check_2d(codes, name)  # dtype checked before any conversion to jax
     if not (
-        jnp.issubdtype(codes.dtype, jnp.signedinteger)
-        or jnp.issubdtype(codes.dtype, jnp.floating)
+        np.issubdtype(codes.dtype, np.signedinteger)
+        or np.issubdtype(codes.dtype, np.floating)
     ):
         raise ValueError(
             f"{name} must have a signed integer or floating dtype holding -1/+1, "
             f"got dtype {codes.dtype}."
         )
+    codes = jnp.asarray(codes)
     if not bool(_holds_only_plus_minus_one(codes)):
         raise ValueError(f"{name} must hold only the values -1 and +1.")
     return codes
+
+
+@jax.jit
+def _zero_one_rows(codes: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per row: True when it holds only 0 and 1, and its number of ones (int32)."""
+    return (jnp.all((codes == 0) | (codes == 1), axis=1),
+            jnp.sum(codes == 1, axis=1, dtype=jnp.int32))
+
+
+def _check_sparse_codes(codes: Any, name: str) -> tuple[jax.Array, np.ndarray]:
+    """Validates a ``[M, D]`` sparse code matrix (bool, integer or floating dtype, values
+    exactly 0/1); returns it and the number of ones of every row (int [M])."""
+    codes = index_lib._check_2d(codes, name)
+    if not (
+        np.issubdtype(codes.dtype, np.bool_)
+        or np.issubdtype(codes.dtype, np.integer)
+        or np.issubdtype(codes.dtype, np.floating)
+    ):
+        raise ValueError(
+            f"{name} must have a bool, integer or floating dtype holding 0/1 for "
+            f"code_format='sparse', got dtype {codes.dtype}."
+        )
+    codes = jnp.asarray(codes)
+    valid_m, ones_m = (np.asarray(x) for x in _zero_one_rows(codes))
+    if not valid_m.all():
+        row = int(np.flatnonzero(~valid_m)[0])
+        bad = np.asarray(codes[row])
+        value = bad[(bad != 0) & (bad != 1)][0].item()
+        raise ValueError(
+            f"{name} must hold only the values 0 and 1 for code_format='sparse'; row {row} "
+            f"holds {value!r}."
+        )
+    return codes, ones_m
+
+
+def _check_same_number_of_ones(query_ones_q: np.ndarray, db_ones_n: np.ndarray) -> int:
+    """The common number ``r >= 1`` of ones of every query and database row, else a
+    ValueError naming the first offending array and row."""
+    r = int(query_ones_q[0])
+    if r < 1:
+        raise ValueError(
+            "sparse codes need r >= 1 ones in every row, but row 0 of query_codes has none."
+        )
+    for ones_m, name in ((query_ones_q, "query_codes"), (db_ones_n, "db_codes")):
+        bad = np.flatnonzero(ones_m != r)
+        if bad.size:
+            row = int(bad[0])
+            raise ValueError(
+                f"sparse codes need the same number r of ones in every row of query_codes "
+                f"and db_codes: {name} row {row} has {int(ones_m[row])} ones, but row 0 of "
+                f"query_codes has r = {r}."
+            )
+    return r
 
 
 def _check_labels(labels: Any, name: str) -> jax.Array:
@@ -100,16 +181,25 @@ def _check_labels(labels: Any, name: str) -> jax.Array:
 
 
 def _check_pair(
-    query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Validates the four retrieval inputs and their agreement (Q, N, K and C)."""
-    query_codes = _check_codes(query_codes, "query_codes")
-    db_codes = _check_codes(db_codes, "db_codes")
+    query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any,
+    code_format: str = "pm1",
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, int | None]:
+    """Validates the four retrieval inputs and their agreement (Q, N, K and C); for
+    ``code_format="sparse"`` also the common number ``r`` of ones per row, returned last
+    (None for ``"pm1"``)."""
+    if code_format == "sparse":
+        query_codes, query_ones = _check_sparse_codes(query_codes, "query_codes")
+        db_codes, db_ones = _check_sparse_codes(db_codes, "db_codes")
+        width = "dimension D"
+    else:
+        query_codes = _check_codes(query_codes, "query_codes")
+        db_codes = _check_codes(db_codes, "db_codes")
+        width = "number of bits K"
     query_labels = _check_labels(query_labels, "query_labels")
     db_labels = _check_labels(db_labels, "db_labels")
     if query_codes.shape[1] != db_codes.shape[1]:
         raise ValueError(
-            "query_codes and db_codes must have the same number of bits K, got "
+            f"query_codes and db_codes must have the same {width}, got "
             f"{query_codes.shape[1]} and {db_codes.shape[1]}."
         )
     if query_labels.shape[1] != db_labels.shape[1]:
@@ -127,7 +217,29 @@ def _check_pair(
             f"db_labels has {db_labels.shape[0]} rows but db_codes has "
             f"{db_codes.shape[0]}; they must describe the same database items."
         )
-    return query_codes, db_codes, query_labels, db_labels
+    ones = _check_same_number_of_ones(query_ones, db_ones) if code_format == "sparse" else None
+    return query_codes, db_codes, query_labels, db_labels, ones
+
+
+def _check_choice(value: Any, allowed: tuple[str, ...], name: str, meaning: str = "") -> str:
+    """``value`` if it is one of the strings ``allowed``, else a ValueError naming them."""
+    if not (isinstance(value, str) and value in allowed):
+        raise ValueError(f"{name} must be one of {allowed}{meaning}, got {value!r}.")
+    return value
+
+
+def _check_convention(convention: Any) -> str:
+    return _check_choice(
+        convention, CONVENTIONS, "convention",
+        " ('top_k': JSPSH mAP.m, DJSRH/JDSH calculate_top_map; 'dcmh': DCMH/DCHMT "
+        "calc_map_k)")
+
+
+def _check_code_format(code_format: Any) -> str:
+    return _check_choice(
+        code_format, CODE_FORMATS, "code_format",
+        " ('pm1': {-1, +1} codes, Hamming distance; 'sparse': {0, 1} codes with r ones per "
+        "row, inner product)")
 
 
 def _use_host_ranking(method: Any, mesh: Mesh | None) -> bool:
@@ -229,7 +341,7 @@ def relevance(query_labels_qc: Any, db_labels_nc: Any) -> jax.Array:
 
 class _QueryStatistics(NamedTuple):
     """Per-query outputs of :func:`_query_statistics`; ``V = K + 2`` distance buckets
-    (bucket ``K + 1`` holds the padding rows and is ignored)."""
+    (``r + 2`` for sparse codes; the last bucket holds the padding rows and is ignored)."""
 
     count_by_distance: jax.Array  # int32 [Q, V]: database items at each Hamming distance
     relevant_by_distance: jax.Array  # int32 [Q, V]: relevant items at each distance
@@ -237,16 +349,23 @@ class _QueryStatistics(NamedTuple):
     precision_sum_top_k: jax.Array  # float32 [Q]: the same over relevant items with r <= top_k
     relevant_in_top_k: jax.Array  # int32 [Q]: relevant items with r <= top_k
     relevant_in_top_n: jax.Array  # int32 [Q, M]: relevant items with r <= ns[m]
+    # float32 [Q]: the sum of hits(r) / r over the first min(top_k, R) relevant items,
+    # wherever they rank (relevant items with hits(r) <= top_k): the DCMH/DCHMT MAP@K.
+    precision_sum_first_k: jax.Array
 
 
 def _tile_distance_and_relevance(query_words_wc, query_labels_lc, db_words_tw, db_labels_tl,
-                                 valid_t, pad_bucket):
+                                 valid_t, pad_bucket, halve=False):
     """Distances int32 [T, C] (``pad_bucket`` on padding rows) and relevance bool [T, C] of a
     tile of T database rows to a chunk of C queries (queries in the minor axis).
 
-    ``d = sum_w popcount(db_w XOR q_w)`` on packed uint32 words; ``relevant = any_w
-    (db_labels_w AND q_labels_w) != 0`` (at least one shared label)."""
-    distance = index_lib.hamming_rows_by_queries(db_words_tw, query_words_wc).astype(jnp.int32)
+    ``d = sum_w popcount(db_w XOR q_w)`` on packed uint32 words (halved for sparse codes,
+    ``halve``: ``r - <q, b>``); ``relevant = any_w (db_labels_w AND q_labels_w) != 0`` (at
+    least one shared label)."""
+    distance = index_lib.hamming_rows_by_queries(db_words_tw, query_words_wc)
+    if halve:
+        distance = distance >> 1
+    distance = distance.astype(jnp.int32)
     distance = jnp.where(valid_t[:, None], distance, pad_bucket)
     shared = None
     for word in range(db_labels_tl.shape[1]):
@@ -263,9 +382,13 @@ def _kahan_add(total: jax.Array, compensation: jax.Array, value: jax.Array):
 
 
 def _chunk_statistics(query_words_wc, query_labels_lc, db_words_nw, db_labels_nl, num_db,
-                      top_k, ns_m, *, num_bits, with_top_k):
+                      top_k, ns_m, *, num_bits, with_top_k, sparse_ones=None):
     """:class:`_QueryStatistics` (bucket-major, ``[V, C]`` / ``[C]`` / ``[M, C]``) of one
     chunk of C queries against the padded database ``[N_pad, ...]``.
+
+    ``num_bits`` is K for ``{-1, +1}`` codes (``sparse_ones=None``, ``K + 1`` distances);
+    for sparse codes with ``r = sparse_ones`` ones per row the distance is ``popcount(XOR)
+    / 2 = r - <q, b>`` and takes ``r + 1`` values.
 
     Ranking by (distance, row). For an item ``n`` at distance ``v``::
 
@@ -285,8 +408,9 @@ def _chunk_statistics(query_words_wc, query_labels_lc, db_words_nw, db_labels_nl
     pairwise comparison).
     """
     num_queries = query_words_wc.shape[1]
-    num_buckets = num_bits + 2
-    pad_bucket = num_bits + 1
+    max_distance = num_bits if sparse_ones is None else sparse_ones
+    num_buckets = max_distance + 2
+    pad_bucket = max_distance + 1
     padded_rows = db_words_nw.shape[0]
     num_tiles = padded_rows // TILE_ROWS
     lanes = jnp.arange(num_queries, dtype=jnp.int32)
@@ -295,7 +419,8 @@ def _chunk_statistics(query_words_wc, query_labels_lc, db_words_nw, db_labels_nl
              (jnp.arange(padded_rows, dtype=jnp.int32) < num_db).reshape(num_tiles, TILE_ROWS))
 
     def tile_distances(tile):
-        return _tile_distance_and_relevance(query_words_wc, query_labels_lc, *tile, pad_bucket)
+        return _tile_distance_and_relevance(query_words_wc, query_labels_lc, *tile, pad_bucket,
+                                            halve=sparse_ones is not None)
 
     # Pass 1: histograms over distance buckets, flattened as bucket * C + query.
     def histogram_step(carry, tile):
@@ -338,17 +463,21 @@ def _chunk_statistics(query_words_wc, query_labels_lc, db_words_nw, db_labels_nl
         hits = (before_relevant.at[flat].get(mode="promise_in_bounds") + (seen >> 16)
                 + (in_block >> 8) + 1)
         precision = jnp.where(relevant, hits.astype(jnp.float32) / rank.astype(jnp.float32), 0.0)
-        sum_all, comp_all, sum_k, comp_k = sums
+        sum_all, comp_all, sum_k, comp_k, sum_first, comp_first = sums
         sum_all, comp_all = _kahan_add(sum_all, comp_all, jnp.sum(precision, axis=0))
         if with_top_k:
             in_top_k = rank <= top_k
             sum_k, comp_k = _kahan_add(
                 sum_k, comp_k, jnp.sum(jnp.where(in_top_k, precision, 0.0), axis=0))
             counts_k = counts_k + jnp.sum(relevant & in_top_k, axis=0, dtype=jnp.int32)
+            # DCMH/DCHMT: the first top_k relevant items, wherever they rank.
+            sum_first, comp_first = _kahan_add(
+                sum_first, comp_first, jnp.sum(jnp.where(hits <= top_k, precision, 0.0), axis=0))
         if ns_m.shape[0]:
             counts_n = counts_n + jnp.sum(
                 relevant[None] & (rank[None] <= ns_m[:, None, None]), axis=1, dtype=jnp.int32)
-        return (tables, seen_flat, (sum_all, comp_all, sum_k, comp_k), counts_k, counts_n), None
+        sums = (sum_all, comp_all, sum_k, comp_k, sum_first, comp_first)
+        return (tables, seen_flat, sums, counts_k, counts_n), None
 
     def rank_tile(carry, tile):
         (before_all, before_relevant), sums, counts_k, counts_n = carry
@@ -363,11 +492,12 @@ def _chunk_statistics(query_words_wc, query_labels_lc, db_words_nw, db_labels_nl
 
     exclusive = lambda x: (jnp.cumsum(x, axis=0) - x).reshape(-1)  # noqa: E731
     zeros_c = jnp.zeros((num_queries,), jnp.float32)
-    init = ((exclusive(count_vc), exclusive(relevant_vc)), (zeros_c,) * 4,
+    init = ((exclusive(count_vc), exclusive(relevant_vc)), (zeros_c,) * 6,
             jnp.zeros((num_queries,), jnp.int32),
             jnp.zeros((ns_m.shape[0], num_queries), jnp.int32))
-    (_, (sum_all, _, sum_k, _), counts_k, counts_n), _ = jax.lax.scan(rank_tile, init, tiles)
-    return _QueryStatistics(count_vc, relevant_vc, sum_all, sum_k, counts_k, counts_n)
+    (_, (sum_all, _, sum_k, _, sum_first, _), counts_k, counts_n), _ = jax.lax.scan(
+        rank_tile, init, tiles)
+    return _QueryStatistics(count_vc, relevant_vc, sum_all, sum_k, counts_k, counts_n, sum_first)
 
 
 def _chunk_layout(num_queries: int, query_chunk: int, num_devices: int) -> tuple[int, int]:
@@ -381,14 +511,16 @@ def _chunk_layout(num_queries: int, query_chunk: int, num_devices: int) -> tuple
 
 
 @functools.partial(
-    jax.jit, static_argnames=("num_bits", "query_chunk", "with_top_k", "mesh"))
+    jax.jit, static_argnames=("num_bits", "query_chunk", "with_top_k", "mesh", "sparse_ones"))
 def _query_statistics(query_words_qw, query_labels_ql, db_words_nw, db_labels_nl, top_k, ns_m,
-                      *, num_bits, query_chunk, with_top_k, mesh) -> _QueryStatistics:
+                      *, num_bits, query_chunk, with_top_k, mesh,
+                      sparse_ones=None) -> _QueryStatistics:
     """Maps :func:`_chunk_statistics` over the query chunks (``lax.map``); with a mesh the
-    chunks are split over its ``data`` axis and the database is replicated.
+    chunks are split over its ``data`` axis and the database is replicated. ``sparse_ones``:
+    None for ``{-1, +1}`` codes, ``r`` for sparse ``{0, 1}`` codes with ``r`` ones per row.
 
-    Inputs are packed uint32 words (:func:`fjsph_jax.index.code_words`,
-    :func:`fjsph_jax.index.label_words`). The database is padded to a multiple of
+    Inputs are packed uint32 words (:func:`fjsph_jax.evaluation.index.code_words`,
+    :func:`fjsph_jax.evaluation.index.label_words`). The database is padded to a multiple of
     ``TILE_ROWS`` rows (padding rows are masked), the queries to whole chunks (their
     outputs dropped). Working memory per device is ``O(query_chunk * (K + TILE_ROWS +
     RANK_BLOCK_ROWS**2))`` plus the inputs. Returns per-query statistics ``[Q, ...]``.
@@ -409,7 +541,8 @@ def _query_statistics(query_words_qw, query_labels_ql, db_words_nw, db_labels_nl
     def map_chunks(query_words_twc, query_labels_tlc, db_words, db_labels, top_k, ns_m):
         def chunk(arrays):
             stats = _chunk_statistics(*arrays, db_words, db_labels, num_db, top_k, ns_m,
-                                      num_bits=num_bits, with_top_k=with_top_k)
+                                      num_bits=num_bits, with_top_k=with_top_k,
+                                      sparse_ones=sparse_ones)
             return _QueryStatistics(*(jnp.moveaxis(x, -1, 0) for x in stats))  # queries first
 
         return jax.lax.map(chunk, (query_words_twc, query_labels_tlc))
@@ -426,13 +559,18 @@ def _query_statistics(query_words_qw, query_labels_ql, db_words_nw, db_labels_nl
 
 
 class _RetrievalMetrics(NamedTuple):
-    """Host-side means (float64) of the per-query statistics."""
+    """Host-side means (float64) of the per-query statistics; ``V = K + 1`` PR points
+    (``r + 1`` for sparse codes)."""
 
     map_all: float
-    map_at_k: float
+    map_at_k: float  # the "top_k" convention (JSPSH mAP.m, DJSRH/JDSH calculate_top_map)
     precision_at_n: np.ndarray  # [M]
-    pr_precision: np.ndarray  # [K + 1]
-    pr_recall: np.ndarray  # [K + 1]
+    pr_precision: np.ndarray  # [V]
+    pr_recall: np.ndarray  # [V]
+    map_at_k_dcmh: float  # the "dcmh" convention (DCMH/DCHMT calc_map_k)
+
+    def map_at_k_in(self, convention: str) -> float:
+        return self.map_at_k if convention == "top_k" else self.map_at_k_dcmh
 
 
 def _compute_metrics(
@@ -446,18 +584,21 @@ def _compute_metrics(
     query_chunk: int,
     mesh: Mesh | None = None,
     method: str = "auto",
+    code_format: str = "pm1",
 ) -> tuple[_RetrievalMetrics, np.ndarray]:
     """Validates inputs, computes the per-query statistics (the kernel, or the host ranking
-    of :mod:`fjsph_jax.metrics_host`, see :func:`_use_host_ranking`), averages them in
-    float64; also returns the clipped ns."""
+    of :mod:`fjsph_jax.evaluation.metrics_host`, see :func:`_use_host_ranking`), averages them in
+    float64; also returns the clipped ns. Both MAP@K conventions come from the same pass."""
     on_host = _use_host_ranking(method, mesh)
+    code_format = _check_code_format(code_format)
     query_chunk = index_lib._check_positive_int(query_chunk, "query_chunk")
     if top_k is not None:
         top_k = index_lib._check_positive_int(top_k, "top_k")
-    query_codes, db_codes, query_labels, db_labels = _check_pair(
-        query_codes, db_codes, query_labels, db_labels
+    query_codes, db_codes, query_labels, db_labels, sparse_ones = _check_pair(
+        query_codes, db_codes, query_labels, db_labels, code_format
     )
     num_bits = query_codes.shape[1]
+    num_buckets = (num_bits if sparse_ones is None else sparse_ones) + 1  # distances 0..max
     num_db = db_codes.shape[0]
     effective_top_k = num_db if top_k is None else min(top_k, num_db)
     ns_m = _check_ns(ns, num_db) if ns is not None else np.zeros((0,), np.int32)
@@ -465,16 +606,20 @@ def _compute_metrics(
     padded_length = -(-len(ns_m) // _NS_BUCKET) * _NS_BUCKET
     padded_ns = np.pad(ns_m, (0, padded_length - len(ns_m)), constant_values=1)
 
+    if sparse_ones is None:
+        code_words = lambda codes, name: index_lib.code_words(codes, name=name)[0]  # noqa: E731
+    else:  # {0, 1} codes: bit 1 where the code is 1 (the packing of multi-hot labels)
+        code_words = index_lib.label_words
     words = (
-        index_lib.code_words(query_codes, name="query_codes")[0],
+        code_words(query_codes, name="query_codes"),
         index_lib.label_words(query_labels, name="query_labels"),
-        index_lib.code_words(db_codes, name="db_codes")[0],
+        code_words(db_codes, name="db_codes"),
         index_lib.label_words(db_labels, name="db_labels"),
     )
     if on_host:
         stats = _QueryStatistics(*metrics_host.query_statistics(
             *words, num_bits=num_bits, top_k=None if top_k is None else effective_top_k,
-            ns_m=ns_m, query_chunk=query_chunk))
+            ns_m=ns_m, query_chunk=query_chunk, sparse_ones=sparse_ones))
     else:
         stats = jax.device_get(_query_statistics(
             *words,
@@ -484,13 +629,19 @@ def _compute_metrics(
             query_chunk=query_chunk,
             with_top_k=top_k is not None,
             mesh=mesh,
+            sparse_ones=sparse_ones,
         ))
-    count_qv = stats.count_by_distance[:, : num_bits + 1].astype(np.float64)
-    relevant_qv = stats.relevant_by_distance[:, : num_bits + 1].astype(np.float64)
+    count_qv = stats.count_by_distance[:, :num_buckets].astype(np.float64)
+    relevant_qv = stats.relevant_by_distance[:, :num_buckets].astype(np.float64)
     num_relevant = relevant_qv.sum(axis=1)
     map_all = np.where(num_relevant > 0, stats.precision_sum_all / np.maximum(num_relevant, 1), 0)
+    # "top_k": divided by R_K, the relevant items in the top K.
     relevant_k = stats.relevant_in_top_k.astype(np.float64)
     map_at_k = np.where(relevant_k > 0, stats.precision_sum_top_k / np.maximum(relevant_k, 1), 0)
+    # "dcmh": divided by min(K, R), the number of the first relevant items summed over.
+    first_k = np.minimum(effective_top_k, num_relevant)
+    map_at_k_dcmh = np.where(
+        first_k > 0, stats.precision_sum_first_k / np.maximum(first_k, 1), 0)
     precision_at_n = (stats.relevant_in_top_n[:, : len(ns_m)] / ns_m).mean(axis=0)
 
     retrieved_qr = np.cumsum(count_qv, axis=1)  # items within radius r
@@ -502,12 +653,13 @@ def _compute_metrics(
     metrics = _RetrievalMetrics(
         map_all=float(map_all.mean()),
         map_at_k=float(map_at_k.mean()),
+        map_at_k_dcmh=float(map_at_k_dcmh.mean()),
         precision_at_n=precision_at_n,
         pr_precision=np.where(
             num_retrieving > 0, precision_qr.sum(axis=0) / np.maximum(num_retrieving, 1), 0.0),
         pr_recall=(
             (relevant_retrieved_qr[has_relevant] / num_relevant[has_relevant, None]).mean(axis=0)
-            if has_relevant.any() else np.zeros(num_bits + 1)),
+            if has_relevant.any() else np.zeros(num_buckets)),
     )
     return metrics, ns_m
 
@@ -524,27 +676,52 @@ def mean_average_precision(
     db_labels: Any,
     *,
     top_k: int | None = None,
+    convention: str = "top_k",
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     mesh: Mesh | None = None,
     method: str = "auto",
+    code_format: str = "pm1",
 ) -> float:
     """Mean average precision over the queries, MAP@all or MAP@``top_k``.
 
-    For one query with the database ranked by Hamming distance (ties by database index)
-    and ``rel(r)`` the relevance of the item at rank ``r``::
+    For one query with the database ranked by Hamming distance (ties by database index),
+    ``rel(r)`` the relevance of the item at rank ``r``, ``P@r = (1/r) sum_{i <= r} rel(i)``,
+    ``R`` the number of relevant database items and ``rank_1 < rank_2 < ...`` their ranks
+    (so ``P@rank_i = i / rank_i``)::
 
-        AP@K = (1 / R_K) * sum_{r <= K} P@r * rel(r),   P@r = (1/r) sum_{i <= r} rel(i),
+        AP@all = (1 / R) * sum_{i <= R} i / rank_i
 
-    with ``R_K`` the number of relevant items in the top ``K``. A query with ``R_K = 0``
-    has AP 0 and still counts in the mean over all ``Q`` queries: the ``calc_map_k``
-    convention of the DCMH/DCHMT code bases.
+    MAP@K has two conventions in the cross-modal hashing literature (``convention``):
+
+    * ``"top_k"`` (the default): JSPSH's ``mAP.m`` and DJSRH/JDSH's
+      ``calculate_top_map``. AP over the relevant items *inside the top K*::
+
+          AP@K = (1 / R_K) * sum_{r <= K} P@r * rel(r),   R_K = #relevant in the top K
+
+    * ``"dcmh"``: DCMH/DCHMT's ``calc_map_k``. AP over the *first* ``min(K, R)`` relevant
+      items, wherever they rank (beyond rank K too)::
+
+          AP@K = (1 / min(K, R)) * sum_{i <= min(K, R)} i / rank_i
+
+      The first ``R_K`` terms are those of ``"top_k"``; the two differ exactly when fewer
+      than ``min(K, R)`` relevant items rank inside the top K (the extra terms come from
+      ranks beyond K and the denominator is larger). E.g. random 16-bit codes at K = 50
+      give about 0.26 under ``"top_k"`` and 0.23 under ``"dcmh"``.
+
+    A query whose AP denominator is 0 (no relevant item: ``R = 0``; ``"top_k"``: none in
+    the top K) has AP 0 and still counts in the mean over all ``Q`` queries. For ``K >= N``
+    both conventions equal MAP@all.
 
     Args:
-      query_codes: ``[Q, K]`` codes in {-1, +1}.
-      db_codes: ``[N, K]`` codes in {-1, +1}.
+      query_codes: ``[Q, K]`` codes in {-1, +1} (``code_format="pm1"``), or ``[Q, D]``
+        codes in {0, 1} with ``r`` ones per row (``code_format="sparse"``).
+      db_codes: ``[N, K]`` codes in {-1, +1}, or ``[N, D]`` codes in {0, 1} with the same
+        ``r`` ones per row as the queries.
       query_labels: ``[Q, C]`` multi-hot labels.
       db_labels: ``[N, C]`` multi-hot labels.
       top_k: rank cut-off ``K`` (clipped to ``N``); ``None`` for MAP@all.
+      convention: ``"top_k"`` or ``"dcmh"``, the MAP@K convention above (MAP@all is the
+        same under both).
       query_chunk: at most this many queries are processed at once (rounded up to a
         multiple of 8). Kernel: the queries of a chunk are its vector lanes, memory
         ``O(query_chunk * (K + 4096))``. Host ranking: the distances of a chunk are
@@ -554,18 +731,24 @@ def mean_average_precision(
         the method: it ranks on one thread per core.
       method: ``"device"``: the counting kernel, on the mesh or default device;
         ``"host"``: distances in JAX, then a stable counting sort per query on the host,
-        one thread per core (:mod:`fjsph_jax.metrics_host`); ``"auto"``: ``"host"`` when
-        the devices are CPUs, else ``"device"``. All give the same result (counts
+        one thread per core (:mod:`fjsph_jax.evaluation.metrics_host`); ``"auto"``: ``"host"``
+        when the devices are CPUs, else ``"device"``. All give the same result (counts
         exactly, sums to float rounding).
+      code_format: ``"pm1"``: ``{-1, +1}`` codes ranked by Hamming distance; ``"sparse"``:
+        ``{0, 1}`` codes with the same number ``r >= 1`` of ones in every row, ranked by
+        inner product descending (ties by database index), i.e. by ``d = r - <q, b>``
+        ascending (see the module docstring).
 
     Returns:
       The MAP as a Python float in [0, 1].
     """
+    convention = _check_convention(convention)
     metrics, _ = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
         top_k=top_k, ns=None, query_chunk=query_chunk, mesh=mesh, method=method,
+        code_format=code_format,
     )
-    return metrics.map_all if top_k is None else metrics.map_at_k
+    return metrics.map_all if top_k is None else metrics.map_at_k_in(convention)
 
 
 def precision_at_n(
@@ -578,11 +761,12 @@ def precision_at_n(
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     mesh: Mesh | None = None,
     method: str = "auto",
+    code_format: str = "pm1",
 ) -> np.ndarray:
     """Mean over queries of ``P@n = (1/n) * #relevant items among the top n``.
 
     Each ``n`` in ``ns`` is clipped to the database size ``N``. Ranking, ``query_chunk``,
-    ``mesh`` and ``method`` as in :func:`mean_average_precision`.
+    ``mesh``, ``method`` and ``code_format`` as in :func:`mean_average_precision`.
 
     Returns:
       float64 ``[len(ns)]``.
@@ -590,6 +774,7 @@ def precision_at_n(
     metrics, _ = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
         top_k=None, ns=ns, query_chunk=query_chunk, mesh=mesh, method=method,
+        code_format=code_format,
     )
     return metrics.precision_at_n
 
@@ -603,25 +788,30 @@ def precision_recall_curve(
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     mesh: Mesh | None = None,
     method: str = "auto",
+    code_format: str = "pm1",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Precision and recall of Hamming-ball retrieval at radii ``r = 0..K``.
+    """Precision and recall of Hamming-ball retrieval at radii ``t = 0..K``.
 
-    For query ``q`` at radius ``r`` the retrieved set is ``{n : d(q, n) <= r}``.
+    For query ``q`` at radius ``t`` the retrieved set is ``{n : d(q, n) <= t}``. For
+    ``code_format="sparse"`` the distance is ``d = r - <q, n>``, so ``t = 0..r`` retrieves
+    the items with inner product ``>= r - t`` (``r + 1`` points).
 
-    * ``precision[r]`` = mean of ``|retrieved and relevant| / |retrieved|`` over the
-      queries that retrieve at least one item at radius ``r``; 0 if none does.
-    * ``recall[r]`` = mean of ``|retrieved and relevant| / |relevant|`` over the queries
+    * ``precision[t]`` = mean of ``|retrieved and relevant| / |retrieved|`` over the
+      queries that retrieve at least one item at radius ``t``; 0 if none does.
+    * ``recall[t]`` = mean of ``|retrieved and relevant| / |relevant|`` over the queries
       with at least one relevant database item; all 0 if no query has one.
 
-    ``query_chunk``, ``mesh`` and ``method`` as in :func:`mean_average_precision`.
+    ``query_chunk``, ``mesh``, ``method`` and ``code_format`` as in
+    :func:`mean_average_precision`.
 
     Returns:
-      ``(precision, recall)``, each float64 ``[K + 1]``; ``recall[K]`` is 1 whenever some
-      query has a relevant item.
+      ``(precision, recall)``, each float64 ``[K + 1]`` (``[r + 1]`` for sparse codes);
+      the last recall is 1 whenever some query has a relevant item.
     """
     metrics, _ = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
         top_k=None, ns=None, query_chunk=query_chunk, mesh=mesh, method=method,
+        code_format=code_format,
     )
     return metrics.pr_precision, metrics.pr_recall
 
@@ -633,31 +823,42 @@ def evaluate_retrieval(
     db_labels: Any,
     *,
     top_k: int | None = None,
+    convention: str = "top_k",
     ns: Sequence[int] = DEFAULT_PRECISION_NS,
     query_chunk: int = DEFAULT_QUERY_CHUNK,
     mesh: Mesh | None = None,
     method: str = "auto",
+    code_format: str = "pm1",
 ) -> dict[str, Any]:
     """All retrieval metrics from one pass over the query chunks.
 
     Returns a JSON-serialisable dict::
 
         {"map_all": float,
-         "map_at_k": float,                       # only when top_k is given
+         # only when top_k is given (both conventions come from the same pass):
+         "map_at_k": float,                       # under `convention`
+         "map_at_k_convention": "top_k" | "dcmh", # = convention
+         "map_at_k_by_convention": {"top_k": float, "dcmh": float},
          "precision_at_n": {"ns": [int], "values": [float]},   # ns clipped to N
-         "pr_curve": {"precision": [float] * (K+1), "recall": [float] * (K+1)}}
+         "pr_curve": {"precision": [float] * V, "recall": [float] * V}}
 
-    Definitions (and ``query_chunk``, ``mesh``, ``method``) as in
-    :func:`mean_average_precision`, :func:`precision_at_n` and
+    with ``V = K + 1`` radii (``r + 1`` thresholds for ``code_format="sparse"``).
+    Definitions (and ``convention``, ``query_chunk``, ``mesh``, ``method``,
+    ``code_format``) as in :func:`mean_average_precision`, :func:`precision_at_n` and
     :func:`precision_recall_curve`.
     """
+    convention = _check_convention(convention)
     metrics, ns_m = _compute_metrics(
         query_codes, db_codes, query_labels, db_labels,
         top_k=top_k, ns=ns, query_chunk=query_chunk, mesh=mesh, method=method,
+        code_format=code_format,
     )
     result: dict[str, Any] = {"map_all": metrics.map_all}
     if top_k is not None:
-        result["map_at_k"] = metrics.map_at_k
+        result["map_at_k"] = metrics.map_at_k_in(convention)
+        result["map_at_k_convention"] = convention
+        result["map_at_k_by_convention"] = {
+            name: metrics.map_at_k_in(name) for name in CONVENTIONS}
     result["precision_at_n"] = {
         "ns": [int(n) for n in ns_m],
         "values": [float(v) for v in metrics.precision_at_n],

@@ -5,7 +5,7 @@ Figures are built with matplotlib's object-oriented API on an explicit Agg canva
 global backend and the user's interactive session are left untouched, and no figure is
 registered with pyplot's figure manager (nothing to close, nothing leaks).
 
-Inputs match :func:`fjsph_jax.metrics.evaluate_retrieval`::
+Inputs match :func:`fjsph_jax.evaluation.metrics.evaluate_retrieval`::
 
     result = evaluate_retrieval(...)
     pr, pn = result["pr_curve"], result["precision_at_n"]
@@ -82,7 +82,7 @@ def plot_pr_curves(
 
     Args:
       curves: ``{method name: (precision [L], recall [L])}``, e.g. the ``K + 1`` points
-        of :func:`fjsph_jax.metrics.precision_recall_curve` (radii 0..K).
+        of :func:`fjsph_jax.evaluation.metrics.precision_recall_curve` (radii 0..K).
       path: output PNG path; missing parent folders are created.
       title: figure title.
 
@@ -108,7 +108,7 @@ def plot_precision_at_n(
 
     Args:
       curves: ``{method name: (ns [L], precision values [L])}``, e.g. the ``ns`` and
-        ``values`` of :func:`fjsph_jax.metrics.evaluate_retrieval`'s ``precision_at_n``.
+        ``values`` of :func:`fjsph_jax.evaluation.metrics.evaluate_retrieval`'s ``precision_at_n``.
       path: output PNG path; missing parent folders are created.
       title: figure title.
 

@@ -4,7 +4,7 @@ Two indexes share one search engine and one interface, ``search(queries, k) ->
 (values [Q, k], ids int64 [Q, k])``:
 
 * :class:`HammingIndex` holds binary codes packed into bits (``{-1, +1}`` codes, or
-  bytes as :func:`fjsph_jax.codes.pack_bits` and faiss store them) and ranks the
+  bytes as :func:`fjsph_jax.binary.pack_bits` and faiss store them) and ranks the
   database by Hamming distance ``d(q, x) = popcount(q XOR x)`` ascending; the values
   returned are the int32 distances.
 * :class:`InnerProductIndex` holds real-valued or sparse codes (e.g. JSPSH's sparse
@@ -48,7 +48,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fjsph_jax import codes as codes_lib
+from fjsph_jax import binary
 from fjsph_jax import parallel
 
 WORD_BITS = 32
@@ -115,7 +115,7 @@ def pack_codes(codes: Any, *, bits: int | None = None, name: str = "codes") -> t
 
     Args:
       codes: either ``[N, K]`` codes in {-1, +1} (signed integer or floating dtype), or
-        already packed uint8 bytes ``[N, ceil(K / 8)]`` as :func:`fjsph_jax.codes.pack_bits`
+        already packed uint8 bytes ``[N, ceil(K / 8)]`` as :func:`fjsph_jax.binary.pack_bits`
         or faiss store them (bit 1 for +1); then ``bits`` gives K (default ``8 * bytes``).
       bits: K for packed input; must be omitted or equal to K for ``{-1, +1}`` input.
       name: the argument name used in error messages.
@@ -142,7 +142,7 @@ def pack_codes(codes: Any, *, bits: int | None = None, name: str = "codes") -> t
         raise ValueError(f"{name} must hold only the values -1 and +1 (or be packed uint8 bytes).")
     if bits is not None and bits != codes.shape[1]:
         raise ValueError(f"bits={bits!r} contradicts {name}, which has K={codes.shape[1]} columns.")
-    return codes_lib.pack_bits(jnp.asarray(codes)), int(codes.shape[1])
+    return binary.pack_bits(jnp.asarray(codes)), int(codes.shape[1])
 
 
 def code_words(codes: Any, *, bits: int | None = None, name: str = "codes") -> tuple[jax.Array, int]:
@@ -159,7 +159,7 @@ def label_words(labels: Any, *, name: str = "labels") -> jax.Array:
     """Multi-hot ``{0, 1}`` labels [N, C] as uint32 words [N, ceil(C / 32)], so that two
     items share a label exactly when ``any_w (a_w AND b_w) != 0``."""
     labels = jnp.asarray(_check_2d(labels, name))
-    return _bytes_to_words(codes_lib.pack_bits(labels))
+    return _bytes_to_words(binary.pack_bits(labels))
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""FJSPH: FLIP-style towers, hash heads, joint label similarity, a discrete code bank."""

@@ -1,0 +1,267 @@
+"""FJSPH as a method of the shared loop: model, label similarity, code bank, step, encoder.
+
+Per run (``FJSPHMethod(config, data, mesh, towers)``):
+
+* the network (:mod:`.model`): towers + hash heads end to end, or trainable projections +
+  heads on feature vectors in ``frozen_encoder`` mode (tower features, a feature file or
+  the demo's hand-crafted features, all through ``data.load_rows``);
+* the joint label similarity of the training rows (sample-wise cosine of label vectors +
+  cluster-wise k-means, :mod:`fjsph_jax.similarity`, low rank);
+* the state :class:`~.step.TrainState` (params, AdamW state, the code bank, step, key);
+* ``before_step``: every ``update_every`` steps the discrete code update of the bank
+  (:func:`~.step.code_update`), ``train_step``: :func:`~.step.train_step` (jit, donated);
+* ``encode``: ``sign_pm`` of the hash heads (no FLIP masking), query and database alike.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from fjsph_jax import configuration as cfg
+from fjsph_jax import parallel
+from fjsph_jax import similarity as similarity_lib
+from fjsph_jax.binary import sign_pm
+from fjsph_jax.data.batches import EpochBatcher
+from fjsph_jax.methods.base import GradientMethod
+from fjsph_jax.methods.fjsph import build
+from fjsph_jax.methods.fjsph import code_bank as bank_lib
+from fjsph_jax.methods.fjsph.step import (
+    StepSettings,
+    TrainState,
+    code_update,
+    make_train_step,
+    tower_features,
+)
+
+TRAIN_MODES = ("end_to_end", "frozen_encoder")
+INTERACTIONS = ("none", "transformer")
+SIMILARITY_FORMS = ("mse", "likelihood")
+DTYPES = ("float32", "bfloat16")
+
+
+def validate_fjsph_config(config, num_devices: int) -> None:
+    """FJSPH's keys: ``model``, ``init``, ``train``, ``loss``, ``codes``."""
+    from fjsph_jax.models import registry
+
+    cfg.validate_training(config, num_devices)
+    cfg.choice("config.model.vision", config.model.vision, registry.VISION_PRESETS)
+    cfg.choice("config.model.text", config.model.text, registry.TEXT_PRESETS)
+    cfg.choice("config.model.interaction", config.model.interaction, INTERACTIONS)
+    cfg.choice("config.model.dtype", config.model.dtype, DTYPES)
+    cfg.choice("config.train.mode", config.train.mode, TRAIN_MODES)
+    cfg.positive("config.codes.updates_per_epoch", config.codes.get("updates_per_epoch", 1))
+    cfg.choice("config.loss.similarity_form", config.loss.similarity_form, SIMILARITY_FORMS)
+    cfg.in_range("config.model.mask_ratio", config.model.mask_ratio, 0.0, 1.0, high_open=True)
+    cfg.in_range("config.loss.eta", config.loss.eta, 0.0, 1.0, high_open=False)
+    cfg.in_range("config.loss.similarity_floor", config.loss.similarity_floor, -1.0, 1.0,
+                 high_open=True)
+    cfg.positive("config.model.feature_dim", config.model.feature_dim)
+    cfg.positive("config.codes.num_sweeps", config.codes.num_sweeps)
+    cfg.non_negative("config.codes.similarity_weight", config.codes.similarity_weight)
+    cfg.non_negative("config.codes.quantization_weight", config.codes.quantization_weight)
+    for key in ("contrastive_weight", "similarity_weight", "bank_similarity_weight",
+                "quantization_weight", "balance_weight", "fused_weight"):
+        cfg.non_negative(f"config.loss.{key}", config.loss[key])
+    features = config.data.get("features", "")
+    if features and config.train.mode == "end_to_end":
+        raise cfg.ConfigError(
+            f"config.data.features={features!r} gives feature vectors, but "
+            "config.train.mode='end_to_end' trains the towers on pixels: use "
+            "--config.train.mode=frozen_encoder, or --config.data.features='' for pixels"
+        )
+    needs_towers = config.train.mode == "end_to_end" or not features
+    if needs_towers and not config.init.checkpoint and not config.init.get("from_scratch", False):
+        what = ("trains" if config.train.mode == "end_to_end" else "hashes the features of")
+        raise cfg.ConfigError(
+            f"config.init.checkpoint is empty, so FJSPH {what} randomly initialised "
+            f"{config.model.vision} / {config.model.text} towers. Give "
+            "--config.init.checkpoint=PATH (a pretrained CLIP/FLIP, see docs/pretrained.md), "
+            "or --config.init.from_scratch=True to start from random towers on purpose"
+        )
+    ks = tuple(config.loss.cluster_ks)
+    cfg.validate_cluster_ks("config.loss", ks, tuple(config.loss.cluster_weights),
+                            None if features else config.data.num_train)
+    if config.loss.eta > 0 and not ks:
+        raise cfg.ConfigError("config.loss.eta > 0 needs at least one k in config.loss.cluster_ks")
+
+
+def code_update_every(config, steps_per_epoch: int) -> int:
+    """Steps between discrete code updates: ``config.codes.update_every_steps``, or when
+    that is <= 0, ``steps_per_epoch // config.codes.updates_per_epoch`` (at least 1)."""
+    every = config.codes.update_every_steps
+    if every > 0:
+        return every
+    return max(1, steps_per_epoch // config.codes.get("updates_per_epoch", 1))
+
+
+def make_encode_fn(graphdef, settings: StepSettings) -> Callable:
+    """Jitted ``(params, batch) -> (image_codes, text_codes)`` int8 ``[B, K]`` (no masking)."""
+
+    @jax.jit
+    def encode(params, batch):
+        model = nnx.merge(graphdef, params)
+        f_img, f_txt = tower_features(model, batch, settings, None, train=False)
+        return sign_pm(model.hash_image(f_img)), sign_pm(model.hash_text(f_txt))
+
+    return encode
+
+
+def encode_rows(encode_fn: Callable, params, source, rows: np.ndarray, *, batch_size: int,
+                mesh) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of dataset ``rows`` for both modalities: int8 ``[len(rows), K]`` each.
+
+    ``source`` is a mapping of ``[N, ...]`` model inputs or a row loader
+    (:mod:`fjsph_jax.data.loaders`, e.g. the streamed dataset). Batches are padded to a
+    fixed size (a multiple of the device count, so one compilation) and split over the
+    mesh; each host loads its slice.
+    """
+    image, text = parallel.map_batches(
+        lambda batch: encode_fn(params, batch), source, rows, batch_size=batch_size, mesh=mesh
+    )
+    return image, text
+
+
+def state_shardings(state: TrainState, mesh, num_train: int) -> TrainState:
+    """Params/optimiser replicated, code-bank rows split over ``data``."""
+    rep = parallel.replicated(mesh)
+    rows = parallel.rows_sharding(mesh, num_train)
+    return TrainState(
+        params=jax.tree.map(lambda _: rep, state.params),
+        opt_state=jax.tree.map(lambda _: rep, state.opt_state),
+        bank=jax.tree.map(lambda _: rows, state.bank),
+        step=rep,
+        rng=rep,
+    )
+
+
+def similarity_shardings(sim: similarity_lib.JointSimilarity, mesh):
+    rows = parallel.rows_sharding(mesh, sim.num_items)
+    cols = NamedSharding(mesh, P(None, *rows.spec))
+    rep = parallel.replicated(mesh)
+    return sim._replace(label_factors=rows, cluster_ids=cols, cluster_weights=rep, eta=rep)
+
+
+def init_train_state(config, model, optimizer, num_train: int, mesh) -> TrainState:
+    """Fresh state on the mesh: params/opt replicated, bank rows split over ``data``."""
+    _, params = nnx.split(model)
+    key = jax.random.PRNGKey(config.seed)
+    bank = bank_lib.init_code_bank(num_train, config.bits, jax.random.fold_in(key, 1))
+    state = TrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        bank=bank,
+        step=jnp.asarray(0, jnp.int32),
+        rng=jax.random.fold_in(key, 2),
+    )
+    return jax.device_put(state, state_shardings(state, mesh, num_train))
+
+
+class FJSPHMethod(GradientMethod):
+    """FLIP-based Joint Similarity Preserving Hashing (see the module docstring)."""
+
+    name = "fjsph"
+    title = "FJSPH"
+    code_format = "pm1"
+    map_convention = "dcmh"  # its baselines' (DCMH, DCHMT, MITH) calc_map_k
+
+    @classmethod
+    def validate_config(cls, config, num_devices: int) -> None:
+        validate_fjsph_config(config, num_devices)
+
+    @classmethod
+    def input_kind(cls, config) -> str:
+        return "pixels" if config.train.mode == "end_to_end" else "features"
+
+    def __init__(self, config, data, mesh, towers=None):
+        super().__init__(config, data, mesh, towers)
+        self.end_to_end = config.train.mode == "end_to_end"
+        num_train = len(data.splits.train)
+        if config.train.global_batch_size > num_train:
+            raise cfg.ConfigError(
+                f"config.train.global_batch_size={config.train.global_batch_size} exceeds the "
+                f"{num_train} training rows"
+            )
+        input_dims = data.feature_dims or (None, None)
+        model = build.build_model(
+            config, data.vocab_size, with_encoders=self.end_to_end, seed=config.seed,
+            towers=towers, input_dims=input_dims,
+        )
+        self.model = model
+        self.graphdef, params = nnx.split(model)
+        batcher = EpochBatcher(num_train, config.train.global_batch_size, config.seed)
+        self.steps_per_epoch = batcher.steps_per_epoch
+        self.total_steps = (
+            config.train.max_steps if config.train.max_steps > 0
+            else config.train.num_epochs * batcher.steps_per_epoch
+        )
+        self.update_every = code_update_every(config, batcher.steps_per_epoch)
+        self.optimizer = build.build_optimizer(config, params, self.total_steps)
+        self.settings = StepSettings.from_config(config)
+        self.sim = self._similarity(data.labels[data.splits.train])
+        self._num_train = num_train
+        self._step_fn = None
+        self._update_fn = None
+        self._encode_fn = make_encode_fn(self.graphdef, self.settings)
+
+    def _similarity(self, train_labels):
+        config = self.config
+        ks = tuple(config.loss.cluster_ks)
+        if any(k > len(train_labels) for k in ks):
+            raise cfg.ConfigError(
+                f"config.loss.cluster_ks={ks} has a k larger than the {len(train_labels)} "
+                "training rows; lower cluster_ks"
+            )
+        sim = similarity_lib.build_joint_similarity(
+            train_labels,
+            cluster_ks=ks,
+            cluster_weights=tuple(config.loss.cluster_weights) or None,
+            eta=config.loss.eta,
+            key=jax.random.PRNGKey(config.seed + 7),
+            kmeans_iters=config.loss.kmeans_iters,
+        )
+        return jax.device_put(sim, similarity_shardings(sim, self.mesh))
+
+    def describe(self) -> str:
+        return f"FJSPH, {self.bits} bits, {self.config.train.mode}"
+
+    def init_state(self) -> TrainState:
+        state = init_train_state(self.config, self.model, self.optimizer, self._num_train,
+                                 self.mesh)
+        shardings = state_shardings(state, self.mesh, self._num_train)
+        self._step_fn = make_train_step(self.graphdef, self.optimizer, self.settings, shardings,
+                                        parallel.replicated(self.mesh))
+        codes = self.config.codes
+        self._update_fn = jax.jit(
+            lambda bank, sim: code_update(
+                bank, sim,
+                similarity_weight=codes.similarity_weight,
+                quantization_weight=codes.quantization_weight,
+                num_sweeps=codes.num_sweeps,
+                floor=self.config.loss.similarity_floor,
+            ),
+            donate_argnums=(0,),
+            out_shardings=shardings.bank,
+        )
+        return state
+
+    def before_step(self, state: TrainState, step: int) -> TrainState:
+        if step > 0 and step % self.update_every == 0:
+            state = state._replace(bank=self._update_fn(state.bank, self.sim))
+        return state
+
+    def train_step(self, state: TrainState, batch: dict, step: int):
+        bank_active = jnp.float32(step >= self.update_every)
+        return self._step_fn(state, batch, self.sim, bank_active)
+
+    def encode(self, state: TrainState, rows: np.ndarray, *, role: str) -> dict:
+        del role  # queries and database items are coded by the same heads
+        image, text = encode_rows(self._encode_fn, state.params, self.data.load_rows, rows,
+                                  batch_size=self.config.eval.batch_size, mesh=self.mesh)
+        return {"image": image, "text": text}
+

@@ -1,0 +1,1 @@
+"""The shared training loop (every method), checkpoints and logging."""
