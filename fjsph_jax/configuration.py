@@ -15,7 +15,7 @@ import os
 from typing import Any, Iterable
 
 DATASETS = ("synthetic", "mirflickr", "nuswide", "coco")
-SPLIT_PROTOCOLS = ("random", "permutation", "small")
+SPLIT_PROTOCOLS = ("random", "permutation", "small", "djsrh")
 RESIZE_MODES = ("center_crop", "squash")
 LOADERS = ("memory", "stream")
 EVAL_SPLITS = ("test", "validation")

@@ -12,8 +12,8 @@ cached ("" = ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); ``image_root`` ["
 image paths of ``.mat`` / text layouts are resolved ("" = ``manual_dir``);
 ``min_tag_count`` [20] MIRFlickr's frequent-tag threshold; ``caption`` ["first"] which
 COCO caption is the text ("first", "random", or an index); ``resize`` ["center_crop"] or
-"squash"; ``split_protocol`` ["random"] "random" | "permutation" | "small"
-(:mod:`fjsph_jax.data.splits`).
+"squash"; ``split_protocol`` ["random"] "random" | "permutation" | "small" | "djsrh"
+(:mod:`fjsph_jax.data.splits`; ``djsrh`` samples per label, so it reads the labels).
 """
 
 from __future__ import annotations
@@ -151,11 +151,16 @@ def built_splits(data_config, built) -> Splits:
     """The split of a built dataset by ``data_config.split_protocol`` (seeded), recorded
     beside the build (:func:`fjsph_jax.data.splits.record_splits`)."""
     protocol = _get(data_config, "split_protocol", "random") or "random"
-    splits = config_splits(data_config, len(built))
+    labels = None
+    if protocol == "djsrh":  # per-label sampling: the labels (cached beside the build)
+        from fjsph_jax.data.captions_cache import captions_and_labels
+
+        labels = captions_and_labels(built)[1]
+    splits = config_splits(data_config, len(built), labels=labels)
     record_splits(built.directory, protocol, splits, data_config.split_seed)
     return splits
 
 
 def load_splits(data_config, dataset: PairedDataset) -> Splits:
     """Query / database / train index sets by ``data_config.split_protocol`` (seeded)."""
-    return config_splits(data_config, len(dataset))
+    return config_splits(data_config, len(dataset), labels=dataset.labels)
