@@ -37,5 +37,7 @@ setup(
         # pull a multi-GB CUDA build.
         "torch": ["torch>=2.4"],
         "faiss": ["faiss-cpu>=1.7"],
+        # config.train.tensorboard=True: TensorBoard event files without TensorFlow.
+        "tensorboard": ["tensorboardX>=2.6"],
     },
 )

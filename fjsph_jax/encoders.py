@@ -9,6 +9,7 @@ dict, a FLIP t5x checkpoint or a ``launch/convert.py`` directory).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -17,13 +18,47 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fjsph_jax.configuration import ConfigError
-from fjsph_jax.models import registry
+from fjsph_jax.models import layers, registry
 from fjsph_jax.models.text import TextTransformer
 from fjsph_jax.models.vit import VisionTransformer
 
 
 def compute_dtype(config):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.model.dtype]
+
+
+def compute_options(config) -> dict:
+    """The towers' compute options from ``config.model`` (absent keys: today's behaviour).
+
+    ``attention`` (``xla`` | ``dot_product_attention`` | ``cudnn``), ``remat`` (``none`` |
+    ``full`` | ``dots``), ``scan_layers`` (bool): how the towers' blocks are computed, not
+    what (see :mod:`fjsph_jax.models.layers`); they change neither the parameters nor the
+    function beyond rounding. ConfigError names the key of a bad value.
+    """
+    model = config.model
+    options = {
+        "attention": model.get("attention", "xla"),
+        "remat": model.get("remat", "none"),
+        "scan_layers": model.get("scan_layers", False),
+    }
+    allowed = {"attention": layers.ATTENTION_IMPLEMENTATIONS, "remat": layers.REMAT_POLICIES}
+    for key, values in allowed.items():
+        if options[key] not in values:
+            raise ConfigError(f"config.model.{key}={options[key]!r}; allowed: {list(values)}")
+    if not isinstance(options["scan_layers"], bool):
+        raise ConfigError(f"config.model.scan_layers={options['scan_layers']!r} must be True or False")
+    return options
+
+
+def with_compute_options(towers, config):
+    """``towers`` (PretrainedTowers) whose tower configs carry ``config``'s compute options,
+    so that the model built from them (same options) takes their weights."""
+    options = compute_options(config)
+    return dataclasses.replace(
+        towers,
+        vision=dataclasses.replace(towers.vision, **options),
+        text=dataclasses.replace(towers.text, **options),
+    )
 
 
 def load_pretrained_towers(config):
@@ -33,13 +68,14 @@ def load_pretrained_towers(config):
     directory, an OpenAI/OpenCLIP state-dict file, a FLIP t5x checkpoint, or a directory
     written by ``launch/convert.py``.
     """
+    compute_options(config)  # bad compute options stop the run before the checkpoint is read
     if not config.init.checkpoint:
         return None
     from fjsph_jax import weights  # deferred: the importers pull in transformers
 
     towers = weights.load_towers(config.init.checkpoint)
     check_normalization(config, towers)
-    return towers
+    return with_compute_options(towers, config)
 
 
 def check_normalization(config, towers) -> bool:
@@ -67,7 +103,12 @@ def check_normalization(config, towers) -> bool:
 
 
 def tower_configs(config, vocab_size: int, towers=None):
-    """The ViT and text-transformer configs: the checkpoint's, or presets resized to the data."""
+    """The ViT and text-transformer configs: the checkpoint's, or presets resized to the data.
+
+    Both carry the compute options of ``config.model`` (:func:`compute_options`); towers
+    from :func:`load_pretrained_towers` already do.
+    """
+    options = compute_options(config)
     if towers is not None:
         from fjsph_jax import weights
 
@@ -79,17 +120,19 @@ def tower_configs(config, vocab_size: int, towers=None):
                 f"config.model.feature_dim={config.model.feature_dim} must equal the projection "
                 f"dim {vision.output_dim} of config.init.checkpoint={config.init.checkpoint!r}"
             )
-        return vision, text
+        return dataclasses.replace(vision, **options), dataclasses.replace(text, **options)
     vision = registry.vision_config(
         config.model.vision,
         image_size=config.data.image_size,
         output_dim=config.model.feature_dim,
+        **options,
     )
     text = registry.text_config(
         config.model.text,
         vocab_size=vocab_size,
         context_length=config.data.context_length,
         output_dim=config.model.feature_dim,
+        **options,
     )
     return vision, text
 

@@ -25,27 +25,89 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
-def maybe_initialize_distributed() -> bool:
-    """Starts JAX's multi-controller runtime when launched on several hosts.
+CLUSTER_ENV_VARS = (
+    "JAX_COORDINATOR_ADDRESS",
+    "SLURM_JOB_ID",
+    "OMPI_COMM_WORLD_SIZE",
+    "TPU_WORKER_HOSTNAMES",
+    "MEGASCALE_COORDINATOR_ADDRESS",
+)
 
-    Triggered by the environment a cluster launcher sets (``JAX_COORDINATOR_ADDRESS``,
-    or SLURM / Open MPI / TPU pod variables that ``jax.distributed.initialize`` detects
-    itself). Must run before any other JAX call. Returns whether it initialised.
+
+def maybe_initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    initialization_timeout: int = 300,
+) -> bool:
+    """Starts JAX's multi-controller runtime when launched as several processes.
+
+    Two ways in, both before any other JAX call:
+
+    * explicit: ``coordinator_address`` (``host:port`` of process 0), ``num_processes``
+      and ``process_id`` all given (``launch/train.py --coordinator_address=...
+      --num_processes=... --process_id=...``). Cluster auto-detection is off, so the
+      flags win over whatever Slurm / Open MPI variables the environment holds. A loopback
+      coordinator (``127.0.0.1:port``, ``localhost:port``) binds to that address only.
+    * detected: with none of them given, the environment a cluster launcher sets
+      (``JAX_COORDINATOR_ADDRESS``, or the Slurm / Open MPI / TPU pod variables that
+      ``jax.distributed.initialize`` detects itself) triggers JAX's own detection.
+
+    CPU collectives across processes use gloo (``jax_cpu_collectives_implementation``;
+    accelerators use their own: NCCL, ICI). JAX's preemption service starts with the
+    runtime (``jax_enable_preemption_service``, on by default): a SIGTERM to any process
+    becomes a step every process agrees on (:mod:`fjsph_jax.training.guards`).
+
+    Returns whether it initialised (False: a single process, nothing to do).
     """
-    cluster_vars = (
-        "JAX_COORDINATOR_ADDRESS",
-        "SLURM_JOB_ID",
-        "OMPI_COMM_WORLD_SIZE",
-        "TPU_WORKER_HOSTNAMES",
-        "MEGASCALE_COORDINATOR_ADDRESS",
-    )
-    if not any(os.environ.get(v) for v in cluster_vars):
+    explicit = (coordinator_address, num_processes, process_id)
+    if any(v not in (None, "") for v in explicit):
+        missing = [name for name, v in zip(
+            ("coordinator_address", "num_processes", "process_id"), explicit) if v in (None, "")]
+        if missing:
+            raise ValueError(
+                "give --coordinator_address, --num_processes and --process_id together "
+                f"(missing: {', '.join('--' + m for m in missing)}), or none of them to let "
+                "JAX detect the cluster (TPU pod, Slurm, Open MPI)"
+            )
+        if not 0 <= int(process_id) < int(num_processes):
+            raise ValueError(
+                f"--process_id={process_id} must lie in [0, --num_processes={num_processes})"
+            )
+        host = coordinator_address.rsplit(":", 1)[0]
+        bind = coordinator_address if host in ("127.0.0.1", "localhost", "[::1]") else None
+        _use_gloo_on_cpu()
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=int(num_processes),
+            process_id=int(process_id),
+            cluster_detection_method="deactivate",
+            initialization_timeout=initialization_timeout,
+            coordinator_bind_address=bind,
+        )
+    elif any(os.environ.get(v) for v in CLUSTER_ENV_VARS):
+        _use_gloo_on_cpu()
+        jax.distributed.initialize(initialization_timeout=initialization_timeout)
+    else:
         return False
-    jax.distributed.initialize()
     logging.info(
         "jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count()
     )
     return True
+
+
+def _use_gloo_on_cpu() -> None:
+    """Cross-process collectives of the CPU backend over gloo (unless set otherwise)."""
+    if not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):  # e.g. "mpi" on purpose
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+
+
+def is_distributed() -> bool:
+    """Whether this process runs under ``jax.distributed`` (any process count)."""
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -69,15 +131,58 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def rows_sharding(mesh: Mesh, num_rows: int) -> NamedSharding:
     """Sharding for ``[N, ...]`` banks: rows over ``data`` when ``N % devices == 0``.
 
-    Otherwise the bank is replicated (and a warning logged): correct, only larger.
+    Otherwise the bank is replicated (and a warning logged): correct, only larger. Arrays
+    over the training set should not get here: pad them first (:func:`padded_num_rows`,
+    :func:`pad_rows`; FJSPH's bank, label factors and cluster ids are padded so).
     """
     size = mesh.shape[DATA_AXIS]
     if num_rows % size == 0:
         return NamedSharding(mesh, P(DATA_AXIS))
     logging.warning(
-        "bank of %d rows does not split over %d devices: replicating it", num_rows, size
+        "bank of %d rows does not split over %d devices: replicating it (pad it to "
+        "parallel.padded_num_rows(%d, mesh) = %d rows to split it)",
+        num_rows, size, num_rows, padded_num_rows(num_rows, mesh),
     )
     return replicated(mesh)
+
+
+def padded_num_rows(num_rows: int, mesh: Mesh | int) -> int:
+    """``num_rows`` rounded up to a multiple of the device count (``mesh`` or a count).
+
+    ``[N, ...]`` arrays over the training set are padded to this many rows, so that they
+    always split over ``data`` (``N / devices`` rows per device, at most ``devices - 1``
+    padding rows in all). Whoever pads masks the padding rows out of every result.
+    """
+    devices = mesh if isinstance(mesh, int) else mesh.shape[DATA_AXIS]
+    if num_rows < 0 or devices < 1:
+        raise ValueError(f"padded_num_rows: need num_rows >= 0 and devices >= 1, got "
+                         f"{num_rows} and {devices}")
+    return -(-num_rows // devices) * devices
+
+
+def pad_rows(x, num_rows: int, *, axis: int = 0, value=0):
+    """``x`` padded with ``value`` along ``axis`` to ``num_rows`` (numpy in, numpy out;
+    jax in, jax out; works under ``jit``). Unchanged when it already has that many."""
+    have = x.shape[axis]
+    if have > num_rows:
+        raise ValueError(f"pad_rows: axis {axis} has {have} rows, more than {num_rows}")
+    if have == num_rows:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, num_rows - have)
+    if isinstance(x, np.ndarray):
+        return np.pad(x, widths, constant_values=value)
+    import jax.numpy as jnp
+
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def row_mask(num_valid: int, num_rows: int):
+    """bool ``[num_rows]``: True on the first ``num_valid`` rows (the real ones). An iota
+    comparison, so under ``jit`` it is computed where it is used, sharded like its use."""
+    import jax.numpy as jnp
+
+    return jnp.arange(num_rows) < num_valid
 
 
 def num_data_shards(mesh: Mesh) -> int:

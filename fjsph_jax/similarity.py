@@ -10,7 +10,10 @@ with weights ``w_j`` (sum 1).  The joint similarity and the target are
 
 No function here (except :func:`dense_similarity`, for tests) builds an N x N matrix:
 everything is computed from the factors ``N_hat`` and the cluster ids, so memory and
-time stay linear in N.  All array functions are pure and jit-able and work with the N
+time stay linear in N.  FJSPH's step reads rows of ``T X`` and of ``T o T`` for its batch
+from cached statistics (:func:`project_on_factors`, :func:`target_statistics`,
+:func:`apply_target_rows`, :func:`target_row_squared_norms`): nothing of size N per step.
+The N axis may be padded (:func:`pad_similarity`); padding rows are masked everywhere.  All array functions are pure and jit-able and work with the N
 axis sharded (plain ``jnp`` operations, no host round trips).
 """
 from __future__ import annotations
@@ -39,6 +42,14 @@ class ClusterSizes(tuple):
     __slots__ = ()
 
 
+@jax.tree_util.register_static
+class RowCount(int):
+    """How many of the rows of a padded ``JointSimilarity`` are real items (static pytree
+    data, like :class:`ClusterSizes`: masks built from it are iotas, no array to shard)."""
+
+    __slots__ = ()
+
+
 class JointSimilarity(typing.NamedTuple):
     """Low-rank factors of the joint similarity ``S`` (a pytree).
 
@@ -48,6 +59,13 @@ class JointSimilarity(typing.NamedTuple):
       cluster_weights: float32 [m], ``w_j`` (sum 1 when m > 0).
       eta: float32 scalar array, the weight of the cluster-wise term.
       cluster_ks: static ``(k_1, ..., k_m)`` (no leaves; see :class:`ClusterSizes`).
+      valid_items: static :class:`RowCount` when the arrays are padded along N (see
+        :func:`pad_similarity`): only the first ``valid_items`` rows are items, the rest
+        (zero factors, cluster id 0) are masked out of every function here. None: all
+        N rows are items.
+
+    ``num_items`` is the length of the N axis (padding included); ``num_valid`` the
+    number of real items.
     """
 
     label_factors: jax.Array
@@ -55,10 +73,19 @@ class JointSimilarity(typing.NamedTuple):
     cluster_weights: jax.Array
     eta: jax.Array
     cluster_ks: ClusterSizes = ClusterSizes()
+    valid_items: RowCount | None = None
 
     @property
     def num_items(self) -> int:
         return self.label_factors.shape[0]
+
+    @property
+    def num_valid(self) -> int:
+        return self.num_items if self.valid_items is None else int(self.valid_items)
+
+    @property
+    def padded(self) -> bool:
+        return self.num_valid < self.num_items
 
 
 def normalize_labels(labels_nc) -> jax.Array:
@@ -139,7 +166,18 @@ def _update_centroids(points_nd, assignments_n, k: int):
 @functools.partial(jax.jit, static_argnames=("k", "num_iters"))
 def _kmeans(points_nd, key, *, k: int, num_iters: int):
     points = points_nd.astype(jnp.float32)
-    centroids = _kmeans_plus_plus(points, k, key)
+
+    def assign(points, centroids):
+        return jnp.argmin(_squared_distances(points, centroids), axis=1).astype(jnp.int32)
+
+    centroids = _lloyd(points, _kmeans_plus_plus(points, k, key), assign,
+                       lambda p, a: _update_centroids(p, a, k), num_iters)
+    return assign(points, centroids), centroids
+
+
+def _lloyd(points, centroids, assign, update, num_iters: int):
+    """Lloyd iterations ``centroids <- update(points, assign(points, centroids))`` until the
+    assignments stop changing or ``num_iters`` updates ran (``lax.while_loop``)."""
     no_assignment = jnp.full((points.shape[0],), -1, jnp.int32)
 
     def cond(carry):
@@ -148,18 +186,16 @@ def _kmeans(points_nd, key, *, k: int, num_iters: int):
 
     def body(carry):
         step, centroids, previous, _ = carry
-        assignments = jnp.argmin(_squared_distances(points, centroids), axis=1)
-        assignments = assignments.astype(jnp.int32)
-        centroids = _update_centroids(points, assignments, k)
+        assignments = assign(points, centroids)
+        centroids = update(points, assignments)
         return step + 1, centroids, assignments, jnp.any(assignments != previous)
 
     _, centroids, _, _ = jax.lax.while_loop(
         cond, body, (jnp.int32(0), centroids, no_assignment, jnp.bool_(True)))
-    assignments = jnp.argmin(_squared_distances(points, centroids), axis=1)
-    return assignments.astype(jnp.int32), centroids
+    return centroids
 
 
-def kmeans(points_nd, k: int, key, *, num_iters: int = 50):
+def kmeans(points_nd, k: int, key, *, num_iters: int = 50, distance: str = "sqeuclidean"):
     """Lloyd's k-means with k-means++ seeding, fully in JAX (jitted, ``while_loop``).
 
     Iterates assign (``argmin_j ||x_i - c_j||^2``) / update (cluster means) until the
@@ -168,15 +204,29 @@ def kmeans(points_nd, k: int, key, *, num_iters: int = 50):
     With fewer than k distinct points some clusters necessarily stay empty.
     Cost O(N k D) time and O(N k) memory per iteration.
 
+    ``distance="cosine"`` is MATLAB's ``kmeans(..., 'Distance', 'cosine')``: the points
+    are first scaled to unit length, a centroid is the mean of its (unit) member points,
+    a point goes to the centroid of largest cosine ``x . c / ||c||`` (distance
+    ``1 - cos``; ties to the lower cluster index), k-means++ draws with probability
+    ∝ ``1 - cos`` (= half the squared distance of the unit points), and an empty cluster
+    is re-seeded to the point of largest ``1 - cos`` to its own centroid.  See
+    :func:`kmeans_cosine`.
+
     Args:
       points_nd: [N, D] points.
       k: number of clusters, 1 <= k <= N.
       key: a ``jax.random`` key.
       num_iters: maximum number of Lloyd updates (>= 0).
+      distance: ``"sqeuclidean"`` (default) or ``"cosine"``.
     Returns:
       ``(assignments int32 [N], centroids float32 [k, D])``; assignments are the nearest
-      final centroid of each point.
+      final centroid of each point.  For ``"cosine"`` the centroids are the (not
+      re-normalised) means of unit points, in the points' float dtype (>= float32).
     """
+    if distance == "cosine":
+        return kmeans_cosine(points_nd, k, key, num_iters=num_iters)
+    if distance != "sqeuclidean":
+        raise ValueError(f"distance must be 'sqeuclidean' or 'cosine', got {distance!r}")
     points_nd = jnp.asarray(points_nd)
     if points_nd.ndim != 2:
         raise ValueError(f"points_nd must be 2-D [N, D], got shape {points_nd.shape}")
@@ -186,6 +236,90 @@ def kmeans(points_nd, k: int, key, *, num_iters: int = 50):
     if not _is_int(num_iters) or num_iters < 0:
         raise ValueError(f"num_iters must be an int >= 0, got {num_iters!r}")
     return _kmeans(points_nd, key, k=int(k), num_iters=int(num_iters))
+
+
+def _unit_rows(points_nd):
+    """Rows scaled to unit Euclidean length; zero rows stay zero."""
+    norms = jnp.sqrt(jnp.sum(points_nd * points_nd, axis=1, keepdims=True))
+    return points_nd / jnp.where(norms > 0, norms, 1.0)
+
+
+def _cosine_assign(unit_points_nd, centroids_kd):
+    """``argmax_j x_i . c_j / ||c_j||`` (first maximum on ties), int32 [N]."""
+    directions = _unit_rows(centroids_kd)
+    cosine = jnp.matmul(unit_points_nd, directions.T, precision=_PRECISION)
+    return jnp.argmax(cosine, axis=1).astype(jnp.int32)
+
+
+def _update_centroids_cosine(unit_points_nd, assignments_n, k: int):
+    """Cosine Lloyd update: centroid = mean of the member unit points; empties re-seeded.
+
+    The r-th empty cluster (in index order) moves to the r-th point of largest cosine
+    distance ``1 - x . c_own / ||c_own||`` to its own updated centroid (MATLAB's
+    'singleton' empty action, made deterministic).  Returns centroids [k, D].
+    """
+    dtype = unit_points_nd.dtype
+    sums = jax.ops.segment_sum(unit_points_nd, assignments_n, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones_like(assignments_n, dtype), assignments_n,
+                                 num_segments=k)
+    means = sums / jnp.maximum(counts, 1.0)[:, None]
+    empty = counts == 0
+    own = _unit_rows(means)[assignments_n]
+    own_distance = 1.0 - jnp.sum(unit_points_nd * own, axis=1)
+    _, farthest = jax.lax.top_k(own_distance, k)
+    empty_rank = jnp.cumsum(empty) - 1
+    reseeded = unit_points_nd[farthest[jnp.clip(empty_rank, 0, k - 1)]]
+    return jnp.where(empty[:, None], reseeded, means)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "num_iters"))
+def _kmeans_cosine(points_nd, key, *, k: int, num_iters: int):
+    dtype = jnp.promote_types(points_nd.dtype, jnp.float32)
+    points = _unit_rows(points_nd.astype(dtype))
+    # k-means++ on the unit points: ||x - c||^2 = 2 (1 - cos), so the draw is ∝ 1 - cos.
+    centroids = _lloyd(points, _kmeans_plus_plus(points, k, key), _cosine_assign,
+                       lambda p, a: _update_centroids_cosine(p, a, k), num_iters)
+    return _cosine_assign(points, centroids), centroids
+
+
+def kmeans_cosine(points_nd, k: int, key, *, num_iters: int = 100):
+    """k-means with cosine distance (MATLAB ``kmeans(X, k, 'Distance', 'cosine')``).
+
+    Rows are scaled to unit length; k-means++ seeding (draw ∝ ``1 - cos`` to the
+    nearest chosen seed, never the same point twice); then Lloyd iterations: assign each
+    point to the centroid of largest cosine (first on ties), centroid = mean of the
+    member unit points, empty clusters re-seeded to the points farthest (in ``1 - cos``)
+    from their own centroids; stop when the assignments no longer change or after
+    ``num_iters`` updates (MATLAB's default MaxIter is 100).  Deterministic for a key.
+
+    A zero row has no direction: MATLAB rejects it, and so does this function (when the
+    points are concrete; under a trace a zero row would be assigned to cluster 0).
+
+    Args:
+      points_nd: [N, D] points (e.g. multi-hot label rows), any real dtype.
+      k: number of clusters, 1 <= k <= N.  With fewer than k distinct directions some
+        clusters stay empty (their id never occurs).
+      key: a ``jax.random`` key.
+      num_iters: maximum number of Lloyd updates (>= 0).
+    Returns:
+      ``(assignments int32 [N], centroids [k, D])``, centroids in the points' float
+      dtype (at least float32).  Cost O(N k D) per iteration, no [N, N] matrix.
+    """
+    points_nd = jnp.asarray(points_nd)
+    if points_nd.ndim != 2:
+        raise ValueError(f"points_nd must be 2-D [N, D], got shape {points_nd.shape}")
+    num_points = points_nd.shape[0]
+    if not _is_int(k) or not 1 <= k <= num_points:
+        raise ValueError(f"k must be an int in [1, N] with N={num_points} points, got k={k!r}")
+    if not _is_int(num_iters) or num_iters < 0:
+        raise ValueError(f"num_iters must be an int >= 0, got {num_iters!r}")
+    if not isinstance(points_nd, jax.core.Tracer):
+        zero_rows = int(jnp.sum(jnp.all(points_nd == 0, axis=1)))
+        if zero_rows:
+            raise ValueError(f"cosine k-means needs nonzero rows: {zero_rows} of the "
+                             f"{num_points} rows are all zero (no direction); drop them "
+                             "or use distance='sqeuclidean'")
+    return _kmeans_cosine(points_nd, key, k=int(k), num_iters=int(num_iters))
 
 
 def _is_int(value) -> bool:
@@ -279,13 +413,21 @@ def similarity_rows(sim: JointSimilarity, rows_label_factors_bc,
     Returns:
       float32 [B, N], ``S[b, i]`` in [0, 1].  Cost O(B N (C + m)).
     """
-    return pairwise_similarity(rows_label_factors_bc, rows_cluster_ids_mb,
+    rows = pairwise_similarity(rows_label_factors_bc, rows_cluster_ids_mb,
                                sim.label_factors, sim.cluster_ids,
                                sim.cluster_weights, sim.eta)
+    mask = row_mask(sim)
+    return rows if mask is None else jnp.where(mask[None, :], rows, 0.0)
 
 
 def similarity_rows_for_indices(sim: JointSimilarity, idx_b) -> jax.Array:
-    """Rows ``S[idx_b, :]`` [B, N] for training items ``idx_b`` (int [B])."""
+    """Rows ``S[idx_b, :]`` [B, N] for training items ``idx_b`` (int [B]).
+
+    O(B N (C + m)) time and an ``[m, B, N]`` temporary: FJSPH's step uses it only for
+    ``loss.similarity_form = "likelihood"`` (and as the dense reference); the mse form
+    reads :func:`apply_target_rows` / :func:`target_row_squared_norms` instead. Padding
+    columns (a padded ``sim``) are 0.
+    """
     idx_b = jnp.asarray(idx_b)
     return similarity_rows(sim, sim.label_factors[idx_b], sim.cluster_ids[:, idx_b])
 
@@ -313,6 +455,9 @@ def apply_target(sim: JointSimilarity, x_nk, *, floor: float = -1.0) -> jax.Arra
     if len(sim.cluster_ks) != sim.cluster_ids.shape[0]:
         raise ValueError(f"sim.cluster_ks {tuple(sim.cluster_ks)} does not match "
                          f"sim.cluster_ids with m={sim.cluster_ids.shape[0]} rows")
+    mask = row_mask(sim)
+    if mask is not None:  # padding rows: no input, no output
+        x = jnp.where(mask[:, None], x, 0.0)
     factors = sim.label_factors
     projected = jnp.matmul(factors.T, x, precision=_PRECISION)            # [C, K]
     label_term = jnp.matmul(factors, projected, precision=_PRECISION)     # [N, K]
@@ -323,7 +468,8 @@ def apply_target(sim: JointSimilarity, x_nk, *, floor: float = -1.0) -> jax.Arra
         cluster_term = cluster_term + sim.cluster_weights[j] * cluster_sums[ids]
     column_sums = jnp.sum(x, axis=0, keepdims=True)                      # [1, K]
     similarity_term = (1.0 - sim.eta) * label_term + sim.eta * cluster_term
-    return (1.0 - floor) * similarity_term + floor * column_sums
+    result = (1.0 - floor) * similarity_term + floor * column_sums
+    return result if mask is None else jnp.where(mask[:, None], result, 0.0)
 
 
 def target_squared_norm(sim: JointSimilarity, *, floor: float = -1.0) -> jax.Array:
@@ -340,12 +486,16 @@ def target_squared_norm(sim: JointSimilarity, *, floor: float = -1.0) -> jax.Arr
     """
     factors = sim.label_factors
     eta, weights, ks = sim.eta, sim.cluster_weights, sim.cluster_ks
-    num_items = factors.shape[0]
+    num_items = sim.num_valid  # padding rows (zero factors) count nowhere
+    mask = row_mask(sim)
+    if mask is not None:
+        factors = jnp.where(mask[:, None], factors, 0.0)
     gram = jnp.matmul(factors.T, factors, precision=_PRECISION)
     label_mass = jnp.sum(factors, axis=0)
     s_sq = (1.0 - eta) ** 2 * jnp.sum(gram**2)
     s_sum = (1.0 - eta) * jnp.sum(label_mass**2)
-    ones = jnp.ones((num_items,), jnp.float32)
+    ones = (jnp.ones((sim.num_items,), jnp.float32) if mask is None
+            else mask.astype(jnp.float32))
     for i, k_i in enumerate(ks):
         ids_i = sim.cluster_ids[i]
         cluster_labels = jax.ops.segment_sum(factors, ids_i, num_segments=k_i)
@@ -362,6 +512,212 @@ def target_squared_norm(sim: JointSimilarity, *, floor: float = -1.0) -> jax.Arr
 
 
 def dense_similarity(sim: JointSimilarity) -> jax.Array:
-    """The full S [N, N].  For tests and small N only: O(N^2) memory."""
-    return pairwise_similarity(sim.label_factors, sim.cluster_ids, sim.label_factors,
-                               sim.cluster_ids, sim.cluster_weights, sim.eta)
+    """The full S [N, N].  For tests and small N only: O(N^2) memory.  Rows and columns
+    of padding rows (a padded ``sim``) are 0."""
+    dense = pairwise_similarity(sim.label_factors, sim.cluster_ids, sim.label_factors,
+                                sim.cluster_ids, sim.cluster_weights, sim.eta)
+    mask = row_mask(sim)
+    return dense if mask is None else jnp.where(mask[:, None] & mask[None, :], dense, 0.0)
+
+
+# ------------------------------------------------------------------ padding
+
+
+def row_mask(sim: JointSimilarity) -> jax.Array | None:
+    """bool [N]: True on the real items of a padded ``sim``; None when nothing is padded."""
+    if not sim.padded:
+        return None
+    return jnp.arange(sim.num_items) < sim.num_valid
+
+
+def pad_similarity(sim: JointSimilarity, num_rows: int) -> JointSimilarity:
+    """``sim`` with its N axis padded to ``num_rows`` (e.g. a multiple of the device
+    count, :func:`fjsph_jax.parallel.padded_num_rows`), so that it splits over devices.
+
+    Padding rows get zero label factors and cluster id 0; ``valid_items`` records the
+    number of real items, and every function of this module masks the padding rows out
+    (they are no item: no similarity to anything, counted in no cluster, no term of any
+    sum). Returns ``sim`` itself when it already has ``num_rows`` rows.
+    """
+    if num_rows < sim.num_items:
+        raise ValueError(f"pad_similarity: sim has {sim.num_items} rows, more than "
+                         f"num_rows={num_rows}")
+    if num_rows == sim.num_items:
+        return sim
+    return sim._replace(
+        label_factors=jnp.pad(sim.label_factors, ((0, num_rows - sim.num_items), (0, 0))),
+        cluster_ids=jnp.pad(sim.cluster_ids, ((0, 0), (0, num_rows - sim.num_items))),
+        valid_items=RowCount(sim.num_valid),
+    )
+
+
+# ------------------------------------- rows of T X and of T o T from cached statistics
+#
+# The FJSPH step needs, for its B batch rows b and the code bank X = B [N, K],
+#
+#     (T X)[b]            = (1-floor) [(1-eta) N_hat_b (N_hat^T X)
+#                                      + eta sum_j w_j (C_j^T X)[c_j(b)]] + floor 1^T X
+#     sum_n T[b, n]^2     = floor^2 N + 2 floor (1-floor) s1_b + (1-floor)^2 s2_b
+#     s1_b = sum_n S[b, n] = (1-eta) N_hat_b . (N_hat^T 1) + eta sum_j w_j |c_j(b)|
+#     s2_b = sum_n S[b, n]^2
+#          = (1-eta)^2 N_hat_b^T (N_hat^T N_hat) N_hat_b
+#            + 2 eta (1-eta) sum_j w_j N_hat_b . (C_j^T N_hat)[c_j(b)]
+#            + eta^2 [sum_j w_j^2 |c_j(b)| + 2 sum_{i<j} w_i w_j |c_i(b) & c_j(b)|]
+#
+# (|c_j(b)|: the size of b's cluster at granularity j; |c_i(b) & c_j(b)|: the items
+# sharing both, an entry of the contingency table C_i^T C_j). Everything N-sized is in
+# the projections N_hat^T X [C, K], C_j^T X [k_j, K], 1^T X [K] (which change with X)
+# and in N_hat^T N_hat [C, C], N_hat^T 1 [C], C_j^T N_hat [k_j, C], the cluster sizes
+# and the contingency tables (which depend on S only); with those cached, a batch
+# costs O(B (C + m) K + B (C^2 + m C + m^2)), whatever N is. The cluster-indexed arrays
+# stack the m granularities along one axis (granularity j at offset k_1 + ... + k_{j-1};
+# the contingency tables of the pairs i < j flattened one after the other), with one
+# unused zero row when the stack would be empty.
+
+
+class FactorProjections(typing.NamedTuple):
+    """``X`` [N, K] projected on the factors of S (all small, replicated).
+
+    Fields:
+      labels: float32 [C, K], ``N_hat^T X``.
+      clusters: float32 [sum_j k_j, K] (at least one row), ``C_j^T X`` stacked.
+      totals: float32 [K], ``1^T X``.
+    """
+
+    labels: jax.Array
+    clusters: jax.Array
+    totals: jax.Array
+
+
+class TargetStatistics(typing.NamedTuple):
+    """What the squared row norms of T need beyond a row's own factors (S only).
+
+    Fields:
+      label_gram: float32 [C, C], ``N_hat^T N_hat``.
+      label_sums: float32 [C], ``N_hat^T 1``.
+      cluster_labels: float32 [sum_j k_j, C] (at least one row), ``C_j^T N_hat`` stacked.
+      cluster_sizes: float32 [sum_j k_j] (at least one entry), ``C_j^T 1`` stacked.
+      cluster_pairs: float32 [sum_{i<j} k_i k_j] (at least one entry), the contingency
+        tables ``C_i^T C_j`` (i < j), each flattened row-major.
+    """
+
+    label_gram: jax.Array
+    label_sums: jax.Array
+    cluster_labels: jax.Array
+    cluster_sizes: jax.Array
+    cluster_pairs: jax.Array
+
+
+def _cluster_offsets(ks) -> tuple[int, ...]:
+    return tuple(sum(ks[:j]) for j in range(len(ks)))
+
+
+def _pair_offsets(ks) -> dict[tuple[int, int], int]:
+    offsets, at = {}, 0
+    for i in range(len(ks)):
+        for j in range(i + 1, len(ks)):
+            offsets[(i, j)] = at
+            at += ks[i] * ks[j]
+    return offsets
+
+
+def _stacked(parts, trailing_shape):
+    """The parts concatenated along axis 0, or one zero row when there are none."""
+    if not parts:
+        return jnp.zeros((1, *trailing_shape), jnp.float32)
+    return jnp.concatenate(parts, axis=0)
+
+
+def _masked_rows(sim: JointSimilarity, x):
+    mask = row_mask(sim)
+    return x if mask is None else jnp.where(mask.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+
+
+def project_on_factors(sim: JointSimilarity, x_nk) -> FactorProjections:
+    """``N_hat^T X``, ``C_j^T X`` (stacked), ``1^T X`` of ``x_nk`` [N, K] (padding rows
+    masked out).  Cost O(N K (C + m)); the result is O((C + sum k) K)."""
+    x = jnp.asarray(x_nk, jnp.float32)
+    if x.ndim != 2 or x.shape[0] != sim.num_items:
+        raise ValueError(f"x_nk must be [N, K] with N={sim.num_items}, got {x.shape}")
+    x = _masked_rows(sim, x)
+    labels = jnp.matmul(sim.label_factors.T, x, precision=_PRECISION)
+    clusters = _stacked([jax.ops.segment_sum(x, sim.cluster_ids[j], num_segments=k)
+                         for j, k in enumerate(sim.cluster_ks)], x.shape[1:])
+    return FactorProjections(labels=labels, clusters=clusters, totals=jnp.sum(x, axis=0))
+
+
+def target_statistics(sim: JointSimilarity) -> TargetStatistics:
+    """The S-only statistics of :class:`TargetStatistics` (padding rows masked out).
+
+    Cost O(N (C^2 + m C + m^2)) time, O(C^2 + sum_j k_j C + sum_{i<j} k_i k_j) memory.
+    """
+    factors = _masked_rows(sim, sim.label_factors.astype(jnp.float32))
+    mask = row_mask(sim)
+    ones = (jnp.ones((sim.num_items,), jnp.float32) if mask is None
+            else mask.astype(jnp.float32))
+    ks = tuple(sim.cluster_ks)
+    ids = sim.cluster_ids
+    num_classes = factors.shape[1]
+    pairs = [jax.ops.segment_sum(ones, ids[i] * ks[j] + ids[j], num_segments=ks[i] * ks[j])
+             for i in range(len(ks)) for j in range(i + 1, len(ks))]
+    return TargetStatistics(
+        label_gram=jnp.matmul(factors.T, factors, precision=_PRECISION),
+        label_sums=jnp.sum(factors, axis=0),
+        cluster_labels=_stacked([jax.ops.segment_sum(factors, ids[j], num_segments=k)
+                                 for j, k in enumerate(ks)], (num_classes,)),
+        cluster_sizes=_stacked([jax.ops.segment_sum(ones, ids[j], num_segments=k)
+                                for j, k in enumerate(ks)], ()),
+        cluster_pairs=_stacked(pairs, ()),
+    )
+
+
+def item_factors(sim: JointSimilarity, idx_b):
+    """``(N_hat[idx] [B, C], cluster_ids[:, idx] [m, B])``: the factors of items ``idx_b``."""
+    idx_b = jnp.asarray(idx_b)
+    return (jnp.take(sim.label_factors, idx_b, axis=0).astype(jnp.float32),
+            jnp.take(sim.cluster_ids, idx_b, axis=1))
+
+
+def apply_target_rows(sim: JointSimilarity, projections: FactorProjections, idx_b, *,
+                      floor: float = -1.0) -> jax.Array:
+    """Rows ``(T X)[idx_b]`` [B, K] from ``projections = project_on_factors(sim, X)``.
+
+    Equals ``apply_target(sim, X, floor=floor)[idx_b]``; cost O(B (C + m) K), no N.
+    """
+    factors_b, ids_b = item_factors(sim, idx_b)
+    label_term = jnp.matmul(factors_b, projections.labels, precision=_PRECISION)
+    cluster_term = jnp.zeros_like(label_term)
+    for j, offset in enumerate(_cluster_offsets(tuple(sim.cluster_ks))):
+        cluster_term = cluster_term + sim.cluster_weights[j] * jnp.take(
+            projections.clusters, ids_b[j] + offset, axis=0)
+    similarity_term = (1.0 - sim.eta) * label_term + sim.eta * cluster_term
+    return (1.0 - floor) * similarity_term + floor * projections.totals[None, :]
+
+
+def target_row_squared_norms(sim: JointSimilarity, statistics: TargetStatistics, idx_b, *,
+                             floor: float = -1.0) -> jax.Array:
+    """``sum_n T[idx_b, n]^2`` [B] (over the real items n) from
+    ``statistics = target_statistics(sim)``; cost O(B (C^2 + m C + m^2)), no N."""
+    factors_b, ids_b = item_factors(sim, idx_b)
+    eta, weights = sim.eta, sim.cluster_weights
+    ks = tuple(sim.cluster_ks)
+    offsets = _cluster_offsets(ks)
+    sizes = [jnp.take(statistics.cluster_sizes, ids_b[j] + offsets[j]) for j in range(len(ks))]
+    s1 = (1.0 - eta) * jnp.matmul(factors_b, statistics.label_sums, precision=_PRECISION)
+    label_quadratic = jnp.sum(
+        jnp.matmul(factors_b, statistics.label_gram, precision=_PRECISION) * factors_b, axis=1)
+    s2 = (1.0 - eta) ** 2 * label_quadratic
+    same_cluster = jnp.zeros_like(s1)
+    for j in range(len(ks)):
+        s1 = s1 + eta * weights[j] * sizes[j]
+        cluster_labels = jnp.take(statistics.cluster_labels, ids_b[j] + offsets[j], axis=0)
+        s2 = s2 + 2.0 * eta * (1.0 - eta) * weights[j] * jnp.sum(factors_b * cluster_labels,
+                                                                  axis=1)
+        same_cluster = same_cluster + weights[j] ** 2 * sizes[j]
+    for (i, j), offset in _pair_offsets(ks).items():
+        both = jnp.take(statistics.cluster_pairs, offset + ids_b[i] * ks[j] + ids_b[j])
+        same_cluster = same_cluster + 2.0 * weights[i] * weights[j] * both
+    s2 = s2 + eta**2 * same_cluster
+    scale = 1.0 - floor
+    return (floor**2 * jnp.float32(sim.num_valid) + 2.0 * floor * scale * s1
+            + scale**2 * s2)

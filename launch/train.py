@@ -2,13 +2,27 @@
 
 `config.method` picks the method (fjsph | jspsh | jdsh, e.g. `--config=configs/jspsh.py`).
 
-With no flags it runs the embedded demo (configs/default.py) into runs/<timestamp>.
+With no flags it runs the embedded demo (configs/default.py) into runs/<config>-<timestamp>;
+`--config=configs/tiny.py` is the same demo shrunk to seconds (a smoke test).
 Override any config value with `--config.a.b=value`, e.g. `--config.bits=64`.
-On a multi-host cluster the JAX runtime is initialised from the launcher's environment.
+
+Several processes (hosts), docs/multihost.md:
+
+* TPU pod slices, Slurm, Open MPI: run the same command on every host; JAX detects the
+  cluster from the launcher's environment.
+* anything else: `--coordinator_address=HOST:PORT --num_processes=P --process_id=I` on
+  each process (detection off; CPU collectives over gloo). Every process computes the same
+  workdir (the default's timestamp is process 0's).
+
+Exit status: 0 when done, and also after a preemption (SIGTERM: every process saves a
+checkpoint at the same step and prints the command that resumes); 2 for a bad config or
+missing data; 3 when the loss or the gradient stopped being finite (the last finite
+checkpoint stays the latest). Re-running the same command in the same workdir resumes.
 """
 
 import datetime
 import os
+import shlex
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,9 +41,62 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Output directory; default runs/<config>-<timestamp> under the repo. "
-    "Re-using a workdir resumes its latest checkpoint.",
+    "Output directory; default runs/<config>-<timestamp> under the repo (process 0's "
+    "timestamp on every process). Re-using a workdir resumes its latest checkpoint.",
 )
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "HOST:PORT of process 0's JAX coordinator, for a multi-process run without a cluster "
+    "launcher JAX detects (give --num_processes and --process_id too).",
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes of a multi-process run."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index in [0, --num_processes)."
+)
+
+EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
+
+
+def _run_stamp() -> str:
+    """A timestamp for the default workdir, process 0's on every process."""
+    import jax
+    import numpy as np
+
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        code = np.frombuffer(stamp.encode("ascii"), np.uint8)
+        stamp = bytes(np.asarray(multihost_utils.broadcast_one_to_all(code))).decode("ascii")
+    return stamp
+
+
+def _default_workdir() -> str:
+    name = os.path.splitext(
+        os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
+    )[0]
+    return os.path.join(REPO_ROOT, "runs", f"{name}-{_run_stamp()}")
+
+
+def resume_command(workdir: str, argv=None) -> str:
+    """The command line of this process, with ``--workdir`` pinned: it resumes the run."""
+    argv = list(sys.argv if argv is None else argv)
+    if not flags.FLAGS["workdir"].present:
+        argv.append(f"--workdir={workdir}")
+    return shlex.join(["python", *argv])
+
+
+def _fail(status: int, error: Exception) -> None:
+    # One line: ConfigError, CheckpointError and the data layer's bad-input errors name the
+    # key or file and the fix; NonFiniteError names the step, the loss terms and the
+    # checkpoint that stays the latest.
+    message = " ".join(str(error).split("\n"))
+    print(f"error: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 def main(argv):
@@ -39,27 +106,35 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     from fjsph_jax import parallel
 
-    parallel.maybe_initialize_distributed()
+    try:
+        parallel.maybe_initialize_distributed(
+            _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+        )
+    except ValueError as e:
+        _fail(EXIT_BAD_INPUT, e)
+    import jax
+
     from fjsph_jax.data.sources import DatasetNotFoundError
+    from fjsph_jax.training.guards import NonFiniteError, Preempted
     from fjsph_jax.training.loop import train_and_evaluate
 
     config = _CONFIG.value
-    workdir = _WORKDIR.value
-    if not workdir:
-        name = os.path.splitext(
-            os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
-        )[0]
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        workdir = os.path.join(REPO_ROOT, "runs", f"{name}-{stamp}")
+    workdir = _WORKDIR.value or _default_workdir()
     logging.info("workdir: %s", workdir)
-    print(f"workdir: {workdir}", flush=True)
+    if jax.process_index() == 0:
+        print(f"workdir: {workdir}", flush=True)
     try:
         train_and_evaluate(config, workdir)
+    except Preempted as e:
+        print(
+            f"preempted: process {jax.process_index()} saved step {e.step} in {workdir}; "
+            f"resume with:\n  {resume_command(workdir)}",
+            flush=True,
+        )
+    except NonFiniteError as e:
+        _fail(EXIT_NON_FINITE, e)
     except (DatasetNotFoundError, ValueError) as e:
-        # ConfigError, CheckpointError and the data layer's bad-input errors (row counts,
-        # labels) are ValueErrors whose message names the key or file and the fix.
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(EXIT_BAD_INPUT, e)
 
 
 if __name__ == "__main__":

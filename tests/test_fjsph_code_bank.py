@@ -236,3 +236,16 @@ def test_discrete_code_step_sharded_equals_unsharded():
     assert len(sharded.sharding.device_set) == 8
     unsharded = codes_lib.discrete_code_step(bank, sim, **weights)
     np.testing.assert_array_equal(np.asarray(sharded), np.asarray(unsharded))
+
+
+def test_padded_init_keeps_the_unpadded_rows():
+    key = jax.random.key(0)
+    bank = codes_lib.init_code_bank(N, K, key)
+    padded = codes_lib.init_code_bank(N, K, key, num_rows=N + 5)
+    for a, b in zip(padded, bank):
+        assert a.shape[0] == N + 5
+        np.testing.assert_array_equal(np.asarray(a)[:N], np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(padded.codes)[N:], 1)
+    assert not np.any(np.asarray(padded.seen)[N:])
+    with pytest.raises(ValueError, match="num_rows must be"):
+        codes_lib.init_code_bank(N, K, key, num_rows=N - 1)

@@ -40,3 +40,21 @@ def test_real_dataset_config_refuses_random_towers_without_opt_in(tmp_path):
     assert "--config.init.checkpoint=PATH" in done.stderr
     assert "--config.init.from_scratch=True" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_process_flags_come_together(tmp_path):
+    """--coordinator_address / --num_processes / --process_id: all or none, checked before
+    anything connects."""
+    import pytest
+
+    from fjsph_jax import parallel
+
+    with pytest.raises(ValueError, match="missing: --num_processes, --process_id"):
+        parallel.maybe_initialize_distributed("127.0.0.1:1234")
+    with pytest.raises(ValueError, match=r"--process_id=2 must lie in \[0, --num_processes=2\)"):
+        parallel.maybe_initialize_distributed("127.0.0.1:1234", 2, 2)
+    done = _launch("--coordinator_address=127.0.0.1:1234", "--process_id=0", tmp_path=tmp_path)
+    assert done.returncode == 2
+    assert "error: ValueError: give --coordinator_address, --num_processes and --process_id " \
+           "together (missing: --num_processes)" in done.stderr
+    assert "Traceback" not in done.stderr

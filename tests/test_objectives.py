@@ -96,3 +96,31 @@ def test_bit_balance_loss_equals_numpy():
     np.testing.assert_allclose(float(objectives.bit_balance_loss(H_A)), expected, rtol=1e-6)
     balanced = np.array([[1.0, -1.0], [-1.0, 1.0]])
     assert float(objectives.bit_balance_loss(balanced)) == 0.0
+
+
+def test_bank_similarity_dense_forms_and_padding_columns():
+    """The dense bank term is similarity_mse / similarity_likelihood; columns marked
+    invalid (padding rows of a bank) take no part, whatever they hold."""
+    codes = np.where(RNG.random((B, K)) < 0.5, 1, -1).astype(np.int8)
+    for form, plain in (("mse", lambda: objectives.similarity_mse(H_A, codes, S_AB, floor=0.0)),
+                        ("likelihood", lambda: objectives.similarity_likelihood(
+                            H_A, codes, S_AB, scale=3.0))):
+        got = objectives.bank_similarity_dense(H_A, codes, S_AB, form=form, floor=0.0,
+                                               scale=3.0)
+        np.testing.assert_allclose(float(got), float(plain()), rtol=1e-6)
+        padded = objectives.bank_similarity_dense(
+            H_A, np.concatenate([codes, -codes[:2]]), np.pad(S_AB, ((0, 0), (0, 2)), constant_values=0.7),
+            form=form, floor=0.0, scale=3.0, valid_n=np.arange(B + 2) < B)
+        np.testing.assert_allclose(float(padded), float(plain()), rtol=1e-6)
+    with pytest.raises(ValueError, match="form must be"):
+        objectives.bank_similarity_dense(H_A, codes, S_AB, form="hinge")
+
+
+def test_bank_similarity_mse_is_the_expanded_square():
+    """mean (h.b/K - T)^2 = [h^T (B^T B) h / K^2 - 2/K h.(T B) + sum T^2] / (A N)."""
+    codes = np.where(RNG.random((B, K)) < 0.5, 1.0, -1.0)
+    target = 2 * S_AB - 1
+    got = objectives.bank_similarity_mse(H_A, target @ codes, np.sum(target**2, axis=1),
+                                         codes.T @ codes, B)
+    np.testing.assert_allclose(float(got), float(objectives.similarity_mse(H_A, codes, S_AB)),
+                               rtol=1e-5)

@@ -67,3 +67,23 @@ def test_map_batches_pads_gathers_and_keeps_row_order():
     np.testing.assert_array_equal(doubled, arrays["x"][rows] * 2)
     np.testing.assert_array_equal(sums, arrays["x"][rows].sum(axis=1))
     assert set(calls) == {(8, 2)}  # one padded shape: 3 rounded up to the 8 devices
+
+
+def test_padded_num_rows_and_pad_rows():
+    mesh = parallel.make_mesh()
+    assert [parallel.padded_num_rows(n, mesh) for n in (1, 8, 63, 64, 65)] == [8, 8, 64, 64, 72]
+    assert parallel.padded_num_rows(63, 1) == 63
+    x = np.arange(6, dtype=np.int8).reshape(3, 2)
+    padded = parallel.pad_rows(x, 5, value=1)
+    assert isinstance(padded, np.ndarray)
+    np.testing.assert_array_equal(padded, [[0, 1], [2, 3], [4, 5], [1, 1], [1, 1]])
+    assert parallel.pad_rows(x, 3) is x
+    ids = jax.numpy.asarray(np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(parallel.pad_rows(ids, 4, axis=1),
+                                  [[0, 1, 2, 0], [3, 4, 5, 0]])
+    with pytest.raises(ValueError, match="more than 2"):
+        parallel.pad_rows(x, 2)
+    # A padded [N, ...] array always splits over the devices.
+    assert parallel.rows_sharding(mesh, parallel.padded_num_rows(63, mesh)).spec == P("data")
+    np.testing.assert_array_equal(np.asarray(parallel.row_mask(3, 5)),
+                                  [True, True, True, False, False])

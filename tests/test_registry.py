@@ -58,3 +58,19 @@ def test_clip_b32_preset_has_clip_parameter_count():
     model = nnx.eval_shape(lambda: VisionTransformer(registry.vision_config("vit_b32"), rngs=nnx.Rngs(0)))
     count = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert count == 87_849_216
+
+
+@pytest.mark.parametrize("name", ["vit_b32", "vit_b16"])
+def test_presets_default_to_plain_compute_and_take_compute_options(name):
+    """Every preset computes as before by default; the compute options are overrides that
+    leave the parameters (names and shapes) alone."""
+    base = registry.vision_config(name)
+    assert (base.attention, base.remat, base.scan_layers) == ("xla", "none", False)
+    tuned = registry.vision_config(name, attention="dot_product_attention", remat="dots", scan_layers=True)
+    shapes = []
+    for config in (base, tuned):
+        model = nnx.eval_shape(lambda c=config: VisionTransformer(c, rngs=nnx.Rngs(0)))
+        shapes.append({str(path): v.shape for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))})
+    assert shapes[0] == shapes[1]
+    text = registry.text_config("text_base", scan_layers=True)
+    assert text.scan_layers and text.layers == 12

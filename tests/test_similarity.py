@@ -187,3 +187,39 @@ def test_apply_target_sharded_equals_unsharded(labels_and_sims):
     assert len(sharded.sharding.device_set) == 8
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(apply(sim, x)),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("floor", [-1.0, 0.0])
+def test_padded_similarity_equals_unpadded(labels_and_sims, floor):
+    """Padding N = 40 -> 48 rows (sharded over 8 devices) changes nothing on the real
+    rows: apply_target, target_squared_norm, the dense S and S rows; padding rows and
+    columns are 0, even with garbage in the padding factors, ids and inputs."""
+    _, sims = labels_and_sims
+    sim = sims[0.3]
+    padded = similarity.pad_similarity(sim, 48)
+    assert padded.num_items == 48 and padded.num_valid == N and padded.padded
+    assert similarity.pad_similarity(sim, N) is sim
+    padded = padded._replace(label_factors=padded.label_factors.at[N:].set(3.0),
+                             cluster_ids=padded.cluster_ids.at[:, N:].set(2))
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    rows = NamedSharding(mesh, P("data"))
+    padded = padded._replace(
+        label_factors=jax.device_put(padded.label_factors, rows),
+        cluster_ids=jax.device_put(padded.cluster_ids, NamedSharding(mesh, P(None, "data"))))
+    x = np.random.default_rng(5).standard_normal((N, 7)).astype(np.float32)
+    x_padded = np.concatenate([x, np.full((8, 7), 100.0, np.float32)])
+    apply = jax.jit(functools.partial(similarity.apply_target, floor=floor))
+    got = np.asarray(apply(padded, jax.device_put(x_padded, rows)))
+    np.testing.assert_allclose(got[:N], np.asarray(apply(sim, x)), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(got[N:], 0.0)
+    np.testing.assert_allclose(
+        float(similarity.target_squared_norm(padded, floor=floor)),
+        float(similarity.target_squared_norm(sim, floor=floor)), rtol=1e-6)
+    dense = np.asarray(jax.jit(similarity.dense_similarity)(padded))
+    np.testing.assert_allclose(dense[:N, :N], np.asarray(similarity.dense_similarity(sim)),
+                               atol=1e-6)
+    assert not dense[N:].any() and not dense[:, N:].any()
+    idx = np.array([3, 0, 39])
+    got_rows = np.asarray(similarity.similarity_rows_for_indices(padded, idx))
+    np.testing.assert_allclose(got_rows[:, :N], dense[idx, :N], atol=1e-6)
+    assert not got_rows[:, N:].any()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 
 import jax
 import numpy as np
@@ -15,6 +16,7 @@ from fjsph_jax.training import loop as train
 from fjsph_jax import similarity as similarity_lib
 from fjsph_jax.data.batches import EpochBatcher
 from fjsph_jax.methods.fjsph.step import StepSettings, make_train_step
+from test_guards import poisoned, poisoned_config  # noqa: F401  (fixture)
 from tiny import tiny_built_config, tiny_config, write_tiny_mirflickr
 
 
@@ -27,14 +29,16 @@ def _one_step(config, devices, workdir):
     graphdef, params = nnx.split(model)
     optimizer = build.build_optimizer(config, params, total_steps=10)
     num_train = len(splits.train)
-    state = fjsph_method.init_train_state(config, model, optimizer, num_train, mesh)
     sim = similarity_lib.build_joint_similarity(
         data.labels[splits.train], cluster_ks=(4, 8), eta=0.3, key=jax.random.PRNGKey(0)
     )
-    sim = jax.device_put(sim, fjsph_method.similarity_shardings(sim, mesh))
-    shardings = fjsph_method.state_shardings(state, mesh, num_train)
-    step_fn = make_train_step(
-        graphdef, optimizer, StepSettings.from_config(config), shardings, parallel.replicated(mesh)
+    sim = fjsph_method.pad_similarity_for(sim, mesh)
+    # Created under jit on the mesh, with the bank statistics of the initial codes.
+    state = fjsph_method.init_train_state(config, model, optimizer, num_train, mesh, sim)
+    shardings = fjsph_method.state_shardings(state, mesh)
+    step_fn = make_train_step(  # with the mesh: the contrastive term under shard_map
+        graphdef, optimizer, StepSettings.from_config(config, mesh=mesh), shardings,
+        parallel.replicated(mesh)
     )
     batcher = EpochBatcher(num_train, config.train.global_batch_size, seed=0)
     losses = []
@@ -170,3 +174,59 @@ def test_code_updates_per_epoch():
     assert every(config, 156) == 156
     config.codes.updates_per_epoch = 500
     assert every(config, 156) == 1
+
+
+def _tensorboard_scalars(logdir):
+    """{tag: {step: value}} of the tensorboardX event files under ``logdir``."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for name in sorted(os.listdir(logdir)):
+        data = (logdir / name).read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+@pytest.mark.usefixtures("poisoned")
+def test_periodic_evaluation_and_tensorboard_survive_a_resume(tmp_path):
+    """eval.every_steps=4: eval_* records at 4, 8 and the end (12), each once, through a
+    stop at step 6 and a rerun of the finished run; TensorBoard gets the same scalars."""
+    pytest.importorskip("tensorboardX")
+    config = poisoned_config(-1, **{"eval.every_steps": 4, "train.tensorboard": True,
+                                    "train.log_every_steps": 2,
+                                    "train.checkpoint_every_steps": 4})
+    assert train.train_and_evaluate(config, str(tmp_path), stop_after_steps=6) is None
+    results = train.train_and_evaluate(config, str(tmp_path))
+    train.train_and_evaluate(config, str(tmp_path))  # finished: evaluates, logs nothing new
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "loss" in r]
+    evals = {r["step"]: r for r in records if "eval_i2t_map_all" in r}
+    assert train_steps == [2, 4, 6, 8, 10, 12]
+    assert sorted(evals) == [4, 8, 12] and len(records) == 9
+    assert evals[12]["eval_t2i_map_all"] == pytest.approx(results["t2i"]["map_all"])
+    assert {"eval_i2t_map_at_k", "eval_t2i_p_at_5"} <= set(evals[4])
+    for r in records:
+        if "loss" in r:
+            assert r["host_rss_mib"] > 0 and r["step_seconds"] > 0
+    scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+    assert sorted(scalars["loss"]) == [2, 4, 6, 8, 10, 12]
+    assert sorted(scalars["eval_i2t_map_all"]) == [4, 8, 12]
+    loss_at_10 = next(r["loss"] for r in records if r["step"] == 10)
+    assert scalars["loss"][10] == pytest.approx(loss_at_10)
+
+
+def test_tensorboard_without_tensorboardx_is_a_config_error(monkeypatch, tmp_path):
+    from fjsph_jax.training.logs import TensorBoardMissingError
+
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import fails
+    with pytest.raises(TensorBoardMissingError, match=r"pip install -e '\.\[tensorboard\]'"):
+        train.train_and_evaluate(tiny_config(**{"train.tensorboard": True}), str(tmp_path))
+    assert not os.listdir(tmp_path)  # before any work

@@ -1,4 +1,8 @@
-"""A tiny experiment config for tests: seconds per run on CPU, same code paths as the demo."""
+"""A tiny experiment config for tests: seconds per run on CPU, same code paths as the demo.
+
+The config itself lives in configs/tiny.py (one source of truth for the tests, CI and
+``python launch/train.py --config=configs/tiny.py``).
+"""
 
 import os
 import sys
@@ -6,34 +10,29 @@ import sys
 sys.path.insert(
     0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 )
-import default  # noqa: E402
+import default  # noqa: E402,F401  (tests build other configs from it)
+
+# configs/tiny.py, loaded by path: this module is itself importable as ``tiny``.
+TINY_CONFIG_PATH = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "tiny.py"
+)
+
+
+def _load_config_file(path: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("configs_tiny", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_CONFIG_FILE = _load_config_file(TINY_CONFIG_PATH)
 
 
 def tiny_config(**overrides):
-    """configs/default.py shrunk: 256 items, 64 train, batch 16, 4+ steps; dotted overrides."""
-    config = default.get_config()
-    config.data.num_items = 256
-    config.data.num_query = 32
-    config.data.num_train = 64
-    config.data.context_length = 12
-    config.model.vision = "vit_micro"
-    config.model.text = "text_micro"
-    config.model.feature_dim = 32
-    config.model.hash_hidden_dim = 32
-    config.bits = 16
-    config.train.global_batch_size = 16
-    config.train.num_epochs = 2
-    config.train.warmup_steps = 2
-    config.train.log_every_steps = 2
-    config.train.checkpoint_every_steps = 4
-    config.loss.cluster_ks = (4, 8)
-    config.loss.kmeans_iters = 10
-    config.codes.update_every_steps = 3
-    config.eval.batch_size = 64
-    config.eval.top_k = 20
-    config.eval.precision_ns = (1, 5, 20)
-    config.eval.query_chunk = 16
-    return apply_overrides(config, **overrides)
+    """configs/tiny.py: 256 items, 64 train, batch 16, 8 steps; dotted overrides."""
+    return apply_overrides(_CONFIG_FILE.get_config(), **overrides)
 
 
 def apply_overrides(config, **overrides):

@@ -11,9 +11,28 @@ bias (HF CLIP's layout). Parameters are always float32; an optional compute `dty
 and the attention softmax are computed in float32.
 
 Shapes: B batch, L sequence length, D model width, H heads, Dh = D / H.
+
+Compute options (how, not what, is computed; every option gives the same function up to
+floating-point rounding, and none changes the parameters or their names):
+
+* ``attention`` (:data:`ATTENTION_IMPLEMENTATIONS`): ``"xla"`` is the einsum-softmax-einsum
+  written out below; ``"dot_product_attention"`` calls ``jax.nn.dot_product_attention``
+  with ``implementation=None`` (the library's choice: XLA in jax 0.10); ``"cudnn"`` asks
+  it for cuDNN's fused flash attention (NVIDIA GPUs, bf16/fp16 only; the causal mask is
+  never materialised and key padding is passed as per-row lengths, which assumes
+  right-padded rows: every tokenizer of this repository pads on the right).
+* ``remat`` (:data:`REMAT_POLICIES`): ``"none"``; ``"full"`` recomputes each block's
+  activations in the backward pass (``jax.checkpoint``, nothing saved); ``"dots"`` saves
+  the outputs of the weight matmuls (``dots_with_no_batch_dims_saveable``) and recomputes
+  attention scores and elementwise ops.
+* ``scan_layers``: run the blocks with one ``jax.lax.scan`` over their parameters stacked
+  along a new leading axis at call time, so XLA compiles one block instead of L. The
+  parameters keep their per-block layout (``blocks.i.*``, what checkpoints and the
+  importers read); the stack costs one copy of the blocks' parameters per step.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -21,6 +40,45 @@ import jax.numpy as jnp
 from flax import nnx
 
 ACTIVATION_NAMES = ("quick_gelu", "gelu", "gelu_tanh")
+ATTENTION_IMPLEMENTATIONS = ("xla", "dot_product_attention", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots")
+
+
+def check_compute_options(where: str, attention: str, remat: str, scan_layers) -> None:
+    """ValueError naming ``where`` for an unknown attention implementation or remat policy."""
+    if attention not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"{where}.attention={attention!r}; allowed: {list(ATTENTION_IMPLEMENTATIONS)}")
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"{where}.remat={remat!r}; allowed: {list(REMAT_POLICIES)}")
+    if not isinstance(scan_layers, bool):
+        raise ValueError(f"{where}.scan_layers={scan_layers!r} must be a bool")
+
+
+def _remat_policy(remat: str):
+    if remat == "full":
+        return jax.checkpoint_policies.nothing_saveable
+    if remat == "dots":
+        return jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    raise ValueError(f"remat={remat!r}; allowed: {list(REMAT_POLICIES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionMask:
+    """A self-attention mask kept in parts, so fused kernels need not materialise it.
+
+    ``padding``: bool/int [B, L] (nonzero = real token: padded keys get no weight) or None;
+    ``causal``: query i may attend key j only if j <= i. :meth:`dense` is the same mask
+    as one bool array broadcastable to [B, H, L, L] (True = may attend).
+    """
+
+    padding: jax.Array | None
+    causal: bool
+
+    def dense(self, length: int) -> jax.Array | None:
+        mask = None if self.padding is None else key_padding_mask(self.padding)
+        if self.causal:
+            mask = causal_mask(length) if mask is None else mask & causal_mask(length)
+        return mask
 
 
 def quick_gelu(x: jax.Array) -> jax.Array:
@@ -88,50 +146,87 @@ class MultiHeadAttention(nnx.Module):
         a_h = softmax(q_h k_h^T / sqrt(Dh) + M) v_h        M = 0 where mask else -inf (finite)
         out = concat_h(a_h) Wo + bo
 
-    `mask` is boolean, broadcastable to [B, H, L, L] with [query, key] in the last two axes;
-    True means "may attend". A query row whose keys are all masked gets uniform weights
-    (a finite large negative bias is used, so no NaNs appear).
+    `mask` is boolean, broadcastable to [B, H, L, L] with [query, key] in the last two axes,
+    or an :class:`AttentionMask`; True means "may attend". A query row whose keys are all
+    masked gets uniform weights (a finite large negative bias is used, so no NaNs appear;
+    with ``attention="cudnn"`` such rows are undefined).
+
+    ``attention`` picks the implementation (module docstring); the logits and the softmax
+    are float32 in all of them.
     """
 
-    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype=None):
+    def __init__(self, dim: int, num_heads: int, *, rngs: nnx.Rngs, dtype=None, attention: str = "xla"):
         if num_heads <= 0 or dim % num_heads != 0:
             raise ValueError(f"num_heads={num_heads} must be positive and divide dim={dim}")
+        if attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention={attention!r}; allowed: {list(ATTENTION_IMPLEMENTATIONS)}")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.dtype = dtype
+        self.attention = attention
         self.q_proj = linear(dim, dim, rngs=rngs, dtype=dtype)
         self.k_proj = linear(dim, dim, rngs=rngs, dtype=dtype)
         self.v_proj = linear(dim, dim, rngs=rngs, dtype=dtype)
         self.out_proj = linear(dim, dim, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """x: [B, L, D], mask: bool broadcastable to [B, H, L, L] or None -> [B, L, D]."""
+    def __call__(self, x: jax.Array, mask: jax.Array | AttentionMask | None = None) -> jax.Array:
+        """x: [B, L, D], mask: bool broadcastable to [B, H, L, L], an AttentionMask or None -> [B, L, D]."""
         batch, length, _ = x.shape
         split = (batch, length, self.num_heads, self.head_dim)
         q = self.q_proj(x).reshape(split)
         k = self.k_proj(x).reshape(split)
         v = self.v_proj(x).reshape(split)
+        if self.attention == "xla":
+            attended = self._xla_attention(q, k, v, mask)
+        else:
+            attended = self._fused_attention(q, k, v, mask)
+        return self.out_proj(attended.reshape(batch, length, self.dim))
+
+    def _xla_attention(self, q, k, v, mask):
+        if isinstance(mask, AttentionMask):
+            mask = mask.dense(q.shape[1])
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (self.head_dim**-0.5)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, self.dim)
-        return self.out_proj(attended)
+        return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+    def _fused_attention(self, q, k, v, mask):
+        """``jax.nn.dot_product_attention`` on [B, L, H, Dh]: the causal part of an
+        AttentionMask as ``is_causal``; key padding as a bool mask (``dot_product_attention``)
+        or as per-row lengths (``cudnn``, right-padded rows)."""
+        implementation = "cudnn" if self.attention == "cudnn" else None
+        is_causal, dense, lengths = False, None, None
+        if isinstance(mask, AttentionMask):
+            is_causal = mask.causal
+            if mask.padding is not None:
+                if implementation == "cudnn":
+                    lengths = jnp.sum(mask.padding != 0, axis=1).astype(jnp.int32)
+                else:
+                    dense = key_padding_mask(mask.padding)
+        elif mask is not None:
+            dense = jnp.asarray(mask, bool)
+            dense = dense.reshape((1,) * (4 - dense.ndim) + dense.shape)
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=dense, is_causal=is_causal, key_value_seq_lengths=lengths,
+            scale=self.head_dim**-0.5, implementation=implementation,
+        )
 
 
 class TransformerBlock(nnx.Module):
     """Pre-LN residual block: x + attn(ln_1(x)), then + mlp(ln_2(x)).  [B, L, D] -> [B, L, D]."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_dim: int, act: str, eps: float, *, rngs: nnx.Rngs, dtype=None
+        self, dim: int, num_heads: int, mlp_dim: int, act: str, eps: float, *, rngs: nnx.Rngs, dtype=None,
+        attention: str = "xla",
     ):
         self.ln_1 = layer_norm(dim, eps, rngs=rngs, dtype=dtype)
-        self.attn = MultiHeadAttention(dim, num_heads, rngs=rngs, dtype=dtype)
+        self.attn = MultiHeadAttention(dim, num_heads, rngs=rngs, dtype=dtype, attention=attention)
         self.ln_2 = layer_norm(dim, eps, rngs=rngs, dtype=dtype)
         self.mlp = MLP(dim, mlp_dim, dim, act, rngs=rngs, dtype=dtype)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: jax.Array | AttentionMask | None = None) -> jax.Array:
         x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
@@ -140,6 +235,7 @@ class Transformer(nnx.Module):
     """A stack of `layers` TransformerBlocks held in `self.blocks` (an nnx.List).  [B, L, D] -> [B, L, D].
 
     No final LayerNorm: the encoders own theirs (`ln_post`, `ln_final`), as in CLIP.
+    `attention`, `remat` and `scan_layers` are the compute options of the module docstring.
     """
 
     def __init__(
@@ -153,17 +249,64 @@ class Transformer(nnx.Module):
         *,
         rngs: nnx.Rngs,
         dtype=None,
+        attention: str = "xla",
+        remat: str = "none",
+        scan_layers: bool = False,
     ):
         if layers < 0:
             raise ValueError(f"layers={layers} must be >= 0")
+        check_compute_options("Transformer", attention, remat, scan_layers)
+        self.remat = remat
+        self.scan_layers = scan_layers
         self.blocks = nnx.List(
-            [TransformerBlock(dim, num_heads, mlp_dim, act, eps, rngs=rngs, dtype=dtype) for _ in range(layers)]
+            [
+                TransformerBlock(dim, num_heads, mlp_dim, act, eps, rngs=rngs, dtype=dtype, attention=attention)
+                for _ in range(layers)
+            ]
         )
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        for block in self.blocks:
-            x = block(x, mask)
-        return x
+    def __call__(self, x: jax.Array, mask: jax.Array | AttentionMask | None = None) -> jax.Array:
+        if self.remat == "none" and not (self.scan_layers and len(self.blocks) > 1):
+            for block in self.blocks:
+                x = block(x, mask)
+            return x
+        splits = [nnx.split(block) for block in self.blocks]
+        if not (self.scan_layers and len(self.blocks) > 1):
+            for graphdef, state in splits:
+                x = _block_function(graphdef, self.remat, mask, prevent_cse=True)(state, x)
+            return x
+        return _scan_blocks(splits, self.remat, mask, x)
+
+
+def _block_function(graphdef, remat: str, mask, *, prevent_cse: bool):
+    """``(block state, x) -> block(x, mask)``, under ``jax.checkpoint`` unless remat is 'none'."""
+
+    def apply(state, x):
+        return nnx.merge(graphdef, state)(x, mask)
+
+    if remat == "none":
+        return apply
+    return jax.checkpoint(apply, policy=_remat_policy(remat), prevent_cse=prevent_cse)
+
+
+def _scan_blocks(splits, remat: str, mask, x):
+    """The blocks of ``splits`` ([(graphdef, state)] of identical structure) applied in
+    order by one ``jax.lax.scan`` over their parameters, stacked along a new axis 0."""
+    graphdef, first = splits[0]
+    treedef = jax.tree.structure(first)
+    leaves = []
+    for other_graphdef, state in splits:
+        if other_graphdef != graphdef or jax.tree.structure(state) != treedef:
+            raise ValueError("scan_layers needs blocks of identical structure")
+        leaves.append(jax.tree.leaves(state))
+    stacked = [jnp.stack(layer_values) for layer_values in zip(*leaves)]
+    apply = _block_function(graphdef, remat, mask, prevent_cse=False)
+
+    def body(carry, layer_leaves):
+        return apply(jax.tree.unflatten(treedef, layer_leaves), carry), None
+
+    out, _ = jax.lax.scan(body, x, stacked)
+    return out
 
 
 def causal_mask(length: int) -> jax.Array:

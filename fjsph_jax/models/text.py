@@ -30,7 +30,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fjsph_jax.models.layers import ACTIVATION_NAMES, Transformer, causal_mask, key_padding_mask, layer_norm, linear
+from fjsph_jax.models.layers import (
+    ACTIVATION_NAMES,
+    AttentionMask,
+    Transformer,
+    causal_mask,
+    check_compute_options,
+    key_padding_mask,
+    layer_norm,
+    linear,
+)
 
 TEXT_POOLS = ("last", "eos", "argmax", "first", "mean_all")
 POSITION_POOLS = ("last", "eos", "argmax", "first")
@@ -42,6 +51,8 @@ class TextConfig:
 
     `mask_padding=False` lets every token attend to padded keys (FLIP); `proj_bias=True`
     gives the projection a bias (FLIP's `clr.proj_out_bias`). `pool` is one of TEXT_POOLS.
+    `attention`, `remat`, `scan_layers` choose how the blocks are computed, not what
+    (:mod:`fjsph_jax.models.layers`).
     """
 
     vocab_size: int
@@ -58,8 +69,14 @@ class TextConfig:
     eps: float = 1e-5
     mask_padding: bool = True
     proj_bias: bool = False
+    # Compute options (fjsph_jax.models.layers docstring): the same function and the same
+    # parameters whatever their values. Not part of the architecture.
+    attention: str = "xla"
+    remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
+        check_compute_options("TextConfig", self.attention, self.remat, self.scan_layers)
         if self.pool not in TEXT_POOLS:
             raise ValueError(f"TextConfig.pool={self.pool!r}; allowed: {list(TEXT_POOLS)}")
         if self.pool == "eos" and self.eos_token_id is None:
@@ -111,7 +128,8 @@ class TextTransformer(nnx.Module):
             0.01 * jax.random.normal(rngs.params(), (config.context_length, width), jnp.float32)
         )
         self.transformer = Transformer(
-            width, config.layers, config.heads, config.mlp_dim, config.act, config.eps, rngs=rngs, dtype=dtype
+            width, config.layers, config.heads, config.mlp_dim, config.act, config.eps, rngs=rngs, dtype=dtype,
+            attention=config.attention, remat=config.remat, scan_layers=config.scan_layers,
         )
         self.ln_final = layer_norm(width, config.eps, rngs=rngs, dtype=dtype)
         self.proj = (
@@ -139,13 +157,21 @@ class TextTransformer(nnx.Module):
             )
         compute = self.dtype or jnp.float32
         x = self.token_embedding(input_ids) + self.position_embedding[:length].astype(compute)
-        x = self.ln_final(self.transformer(x, self.attend_mask(attention_mask)))
+        x = self.ln_final(self.transformer(x, self.attention_mask(attention_mask)))
         if self.config.pool == "mean_all":
             pooled = jnp.mean(x, axis=1)
         else:
             positions = pool_positions(input_ids, attention_mask, self.config.pool, self.config.eos_token_id)
             pooled = jnp.take_along_axis(x, positions[:, None, None], axis=1)[:, 0]
         return self.proj(pooled) if self.proj is not None else pooled
+
+    def attention_mask(self, attention_mask_bl: jax.Array) -> AttentionMask | None:
+        """The mask of :meth:`attend_mask` kept in parts (padding [B, L], causal flag), so that
+        fused attention never materialises it; None when nothing is masked."""
+        padding = attention_mask_bl if self.config.mask_padding else None
+        if padding is None and not self.config.causal:
+            return None
+        return AttentionMask(padding=padding, causal=self.config.causal)
 
     def attend_mask(self, attention_mask_bl: jax.Array) -> jax.Array | None:
         """Bool mask broadcastable to [B, H, L, L] (True = may attend), or None when nothing is masked.

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fjsph_jax.models.layers import ACTIVATION_NAMES, Transformer, layer_norm, linear
+from fjsph_jax.models.layers import ACTIVATION_NAMES, Transformer, check_compute_options, layer_norm, linear
 
 VIT_POOLS = ("cls", "gap", "mean_all")
 
@@ -41,6 +41,8 @@ class ViTConfig:
     `ln_pre=False` drops the LayerNorm before the first block (FLIP's ViT has none; the
     tower then has no `ln_pre` parameters). `proj_bias=True` gives the projection a bias
     (FLIP's `clr.proj_out_bias`). `pool` is one of VIT_POOLS (see the module docstring).
+    `attention`, `remat`, `scan_layers` choose how the blocks are computed, not what
+    (:mod:`fjsph_jax.models.layers`).
     """
 
     image_size: int
@@ -55,8 +57,14 @@ class ViTConfig:
     eps: float = 1e-5
     ln_pre: bool = True
     proj_bias: bool = False
+    # Compute options (fjsph_jax.models.layers docstring): the same function and the same
+    # parameters whatever their values. Not part of the architecture.
+    attention: str = "xla"
+    remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
+        check_compute_options("ViTConfig", self.attention, self.remat, self.scan_layers)
         if self.pool not in VIT_POOLS:
             raise ValueError(f"ViTConfig.pool={self.pool!r}; allowed: {list(VIT_POOLS)}")
         if self.act not in ACTIVATION_NAMES:
@@ -142,7 +150,8 @@ class VisionTransformer(nnx.Module):
         )
         self.ln_pre = layer_norm(width, config.eps, rngs=rngs, dtype=dtype) if config.ln_pre else None
         self.transformer = Transformer(
-            width, config.layers, config.heads, config.mlp_dim, config.act, config.eps, rngs=rngs, dtype=dtype
+            width, config.layers, config.heads, config.mlp_dim, config.act, config.eps, rngs=rngs, dtype=dtype,
+            attention=config.attention, remat=config.remat, scan_layers=config.scan_layers,
         )
         self.ln_post = layer_norm(width, config.eps, rngs=rngs, dtype=dtype)
         self.proj = (

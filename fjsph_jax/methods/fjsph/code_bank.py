@@ -25,6 +25,11 @@ for B in {-1, +1}^(N x K) (``||T_s||^2``: T restricted to the seen columns; see
 :func:`code_objective`, which reports J for all-seen banks).
 
 Nothing here builds an N x N matrix except :func:`dense_code_objective` (tests only).
+
+Padded banks: when the similarity is padded along N (``similarity.pad_similarity``, to a
+multiple of the device count), the padding rows are no items: they count as never seen
+(whatever ``seen`` holds), keep their codes in the discrete step, and take no part in
+J or in :func:`bank_statistics` (the step's cached statistics of B).
 """
 from __future__ import annotations
 
@@ -57,17 +62,32 @@ class CodeBank(typing.NamedTuple):
     seen: jax.Array | None = None
 
 
-def init_code_bank(num_items: int, bits: int, key) -> CodeBank:
+def init_code_bank(num_items: int, bits: int, key, *, num_rows: int | None = None) -> CodeBank:
     """Random uniform ±1 codes [N, K]; F = G = the codes as float32; no row seen yet.
 
     F and G start at the codes, so the bank is self-consistent (``sign_pm(F + G) ==
     codes``), but the discrete step leaves rows out until the heads have written them.
+    ``num_rows`` (>= N) pads the bank to that many rows (e.g. a multiple of the device
+    count): padding rows hold code +1, F = G = 1, never seen; the first N rows are the
+    unpadded bank's, bit for bit. Works under ``jit``.
     """
     if not _is_int(num_items) or num_items < 1:
         raise ValueError(f"num_items must be an int >= 1, got {num_items!r}")
     if not _is_int(bits) or bits < 1:
         raise ValueError(f"bits must be an int >= 1, got {bits!r}")
-    return _init_code_bank(key, num_items=int(num_items), bits=int(bits))
+    num_rows = num_items if num_rows is None else num_rows
+    if not _is_int(num_rows) or num_rows < num_items:
+        raise ValueError(f"num_rows must be an int >= num_items={num_items}, got {num_rows!r}")
+    bank = _init_code_bank(key, num_items=int(num_items), bits=int(bits))
+    if num_rows == num_items:
+        return bank
+    padding = ((0, int(num_rows) - int(num_items)), (0, 0))
+    return CodeBank(
+        codes=jnp.pad(bank.codes, padding, constant_values=1),
+        image_outputs=jnp.pad(bank.image_outputs, padding, constant_values=1.0),
+        text_outputs=jnp.pad(bank.text_outputs, padding, constant_values=1.0),
+        seen=jnp.pad(bank.seen, padding[:1], constant_values=False),
+    )
 
 
 def _is_int(value) -> bool:
@@ -105,15 +125,19 @@ def update_outputs(bank: CodeBank, idx_b, image_out_bk, text_out_bk) -> CodeBank
     )
 
 
-def _outputs(bank_or_f_g):
+def _outputs(bank_or_f_g, valid=None):
     """(F_s, G_s, seen) float32 from a CodeBank or an (F, G) pair: unseen rows zeroed;
-    ``seen`` is float32 [N] (all ones for a pair or a bank without ``seen``)."""
+    ``seen`` is float32 [N] (all ones for a pair or a bank without ``seen``). ``valid``
+    (bool [N] or None): padding rows (False) count as never seen."""
     if isinstance(bank_or_f_g, CodeBank):
         f, g, seen = bank_or_f_g.image_outputs, bank_or_f_g.text_outputs, bank_or_f_g.seen
     else:
         (f, g), seen = bank_or_f_g, None
     f, g = jnp.asarray(f, jnp.float32), jnp.asarray(g, jnp.float32)
     seen = jnp.ones(f.shape[:1], jnp.float32) if seen is None else seen.astype(jnp.float32)
+    if valid is not None:
+        seen = jnp.where(valid, seen, 0.0)
+        f, g = jnp.where(valid[:, None], f, 0.0), jnp.where(valid[:, None], g, 0.0)
     return f * seen[:, None], g * seen[:, None], seen
 
 
@@ -141,7 +165,8 @@ def _linear_and_quadratic_terms(f_nk, g_nk, seen_n, sim, alpha, gamma, floor):
 
 @functools.partial(jax.jit, static_argnames=("num_sweeps",))
 def _discrete_code_step(bank, sim, alpha, gamma, floor, num_sweeps):
-    f, g, seen = _outputs(bank)
+    valid = similarity_lib.row_mask(sim)
+    f, g, seen = _outputs(bank, valid)
     alpha = jnp.asarray(alpha, jnp.float32)
     gamma = jnp.asarray(gamma, jnp.float32)
     q, w = _linear_and_quadratic_terms(f, g, seen, sim, alpha, gamma, floor)
@@ -165,6 +190,8 @@ def _discrete_code_step(bank, sim, alpha, gamma, floor, num_sweeps):
     codes = jax.lax.fori_loop(0, num_sweeps, sweep, old)
     # With alpha == 0, J does not depend on the codes of unseen rows: keep them.
     keep = (alpha == 0) & (seen == 0)
+    if valid is not None:  # padding rows keep their codes (and count nowhere)
+        keep = keep | ~valid
     return sign_pm(jnp.where(keep[:, None], old, codes))
 
 
@@ -224,15 +251,22 @@ def code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity, *,
       float32 scalar.  Cost O(N K (C + m) + N K^2) plus ``target_squared_norm``.
     """
     _check_weights(similarity_weight, quantization_weight)
-    return _code_objective(codes, _outputs(bank_or_f_g), sim, similarity_weight,
-                           quantization_weight, floor,
+    return _code_objective(codes, _outputs(bank_or_f_g, similarity_lib.row_mask(sim)), sim,
+                           similarity_weight, quantization_weight, floor,
                            include_constant=bool(include_constant))
+
+
+def _valid_codes(codes, sim):
+    """Codes as float32 with the padding rows of a padded ``sim`` zeroed."""
+    b = jnp.asarray(codes, jnp.float32)
+    valid = similarity_lib.row_mask(sim)
+    return b if valid is None else jnp.where(valid[:, None], b, 0.0)
 
 
 @functools.partial(jax.jit, static_argnames=("include_constant",))
 def _code_objective(codes, f_g, sim, alpha, gamma, floor, include_constant):
     f, g, seen = f_g
-    b = jnp.asarray(codes, jnp.float32)
+    b = _valid_codes(codes, sim)
     alpha = jnp.asarray(alpha, jnp.float32)
     gamma = jnp.asarray(gamma, jnp.float32)
     q, w = _linear_and_quadratic_terms(f, g, seen, sim, alpha, gamma, floor)
@@ -253,14 +287,56 @@ def dense_code_objective(codes, bank_or_f_g, sim: similarity_lib.JointSimilarity
                          floor: float = -1.0) -> jax.Array:
     """J(B) evaluated literally with the dense target T [N, N] (columns of unseen rows
     dropped).  Tests / small N only."""
-    f, g, seen = _outputs(bank_or_f_g)
-    b = jnp.asarray(codes, jnp.float32)
+    valid = similarity_lib.row_mask(sim)
+    f, g, seen = _outputs(bank_or_f_g, valid)
+    b = _valid_codes(codes, sim)
     bits = f.shape[1]
     num_seen = jnp.maximum(jnp.sum(seen), 1.0)
     target = bits * (floor + (1.0 - floor) * similarity_lib.dense_similarity(sim))
     target = target * seen[None, :]
+    if valid is not None:  # padding rows have no target row
+        target = jnp.where(valid[:, None], target, 0.0)
     similarity_term = (jnp.sum((target - jnp.matmul(b, f.T, precision=_PRECISION)) ** 2)
                        + jnp.sum((target - jnp.matmul(b, g.T, precision=_PRECISION)) ** 2))
     quantization_term = jnp.sum((b - f) ** 2) + jnp.sum((b - g) ** 2)
     return (similarity_weight / (num_seen * bits) * similarity_term
             + quantization_weight * quantization_term)
+
+
+# ------------------------------------------------------- statistics the step reads
+
+
+class BankStatistics(typing.NamedTuple):
+    """What FJSPH's step needs of the whole bank, cached (small, replicated).
+
+    The mse bank term of a batch (:func:`fjsph_jax.methods.fjsph.objectives.bank_similarity_mse`)
+    needs ``(T B)[idx]``, ``B^T B`` and ``sum_n T[idx, n]^2``; from these statistics they
+    cost O(B K (C + m) + B K^2 + B (C^2 + m C + m^2)) instead of O(B N K).  ``B`` changes
+    only at the discrete code update, so they are recomputed there
+    (:func:`bank_statistics`, O(N K (C + m) + N K^2 + N (C^2 + m C + m^2))) and live in
+    the train state (checkpointed with it).
+
+    Fields:
+      projections: :class:`~fjsph_jax.similarity.FactorProjections` of the codes
+        (``N_hat^T B`` [C, K], ``C_j^T B`` stacked [sum k, K], ``1^T B`` [K]).
+      code_gram: float32 [K, K], ``B^T B``.
+      target: :class:`~fjsph_jax.similarity.TargetStatistics` (S only: ``N_hat^T N_hat``,
+        cluster sizes, contingency tables, ...).
+    """
+
+    projections: similarity_lib.FactorProjections
+    code_gram: jax.Array
+    target: similarity_lib.TargetStatistics
+
+
+@jax.jit
+def bank_statistics(codes, sim: similarity_lib.JointSimilarity) -> BankStatistics:
+    """:class:`BankStatistics` of bank ``codes`` [N, K] under ``sim`` (padding rows of a
+    padded ``sim`` masked out).  Exact: the codes are +-1, so ``B^T B`` and ``1^T B`` are
+    integers, exact in float32 up to N = 2^24."""
+    b = _valid_codes(codes, sim)
+    return BankStatistics(
+        projections=similarity_lib.project_on_factors(sim, b),
+        code_gram=jnp.matmul(b.T, b, precision=_PRECISION),
+        target=similarity_lib.target_statistics(sim),
+    )

@@ -7,14 +7,25 @@ Per run (``FJSPHMethod(config, data, mesh, towers)``):
   the demo's hand-crafted features, all through ``data.load_rows``);
 * the joint label similarity of the training rows (sample-wise cosine of label vectors +
   cluster-wise k-means, :mod:`fjsph_jax.similarity`, low rank);
-* the state :class:`~.step.TrainState` (params, AdamW state, the code bank, step, key);
-* ``before_step``: every ``update_every`` steps the discrete code update of the bank
-  (:func:`~.step.code_update`), ``train_step``: :func:`~.step.train_step` (jit, donated);
+* the state :class:`~.step.TrainState` (params, AdamW state, the code bank, step, key,
+  the bank's cached statistics), created by one ``jax.jit`` with ``out_shardings``
+  (:func:`create_train_state`): every device computes its own part, no host holds the
+  whole tree;
+* ``before_step``: every ``update_every`` steps the discrete code update of the bank and
+  its statistics (:func:`~.step.code_update_and_statistics`), ``train_step``:
+  :func:`~.step.train_step` (jit, donated);
 * ``encode``: ``sign_pm`` of the hash heads (no FLIP masking), query and database alike.
+
+Arrays over the N training rows (the bank [N, K] x 3 and ``seen``, the label factors
+[N, C], the cluster ids [m, N]) are padded to a multiple of the device count
+(:func:`fjsph_jax.parallel.padded_num_rows`) and split over ``data``; the padding rows
+are masked out of everything (see :func:`fjsph_jax.similarity.pad_similarity`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import Callable
 
 import jax
@@ -34,10 +45,18 @@ from fjsph_jax.methods.fjsph import code_bank as bank_lib
 from fjsph_jax.methods.fjsph.step import (
     StepSettings,
     TrainState,
-    code_update,
+    code_update_and_statistics,
     make_train_step,
     tower_features,
 )
+
+# Above this many training rows the likelihood form's [B, N] bank term gets a warning.
+LIKELIHOOD_WARN_ROWS = 50_000
+# The state is created with XLA's algebraic simplifier off: it would fold the constant
+# factors of initialisers such as ``0.02 * normal(...)`` into one (one rounding less),
+# and the parameters would differ in the last bit from the same initialisers run op by
+# op. With it off, jit-created states equal the eagerly built ones bit for bit.
+_CREATE_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "algsimp"}
 
 TRAIN_MODES = ("end_to_end", "frozen_encoder")
 INTERACTIONS = ("none", "transformer")
@@ -127,16 +146,22 @@ def encode_rows(encode_fn: Callable, params, source, rows: np.ndarray, *, batch_
     return image, text
 
 
-def state_shardings(state: TrainState, mesh, num_train: int) -> TrainState:
-    """Params/optimiser replicated, code-bank rows split over ``data``."""
+def state_shardings(state: TrainState, mesh, num_train: int | None = None) -> TrainState:
+    """Params/optimiser/statistics replicated, code-bank rows split over ``data``.
+
+    ``state`` may be abstract (``jax.eval_shape``); the bank's rows are its arrays' length
+    (padded to a multiple of the device count; ``num_train`` is not needed).
+    """
+    del num_train  # the bank's own length decides
     rep = parallel.replicated(mesh)
-    rows = parallel.rows_sharding(mesh, num_train)
+    rows = parallel.rows_sharding(mesh, state.bank.codes.shape[0])
     return TrainState(
         params=jax.tree.map(lambda _: rep, state.params),
         opt_state=jax.tree.map(lambda _: rep, state.opt_state),
         bank=jax.tree.map(lambda _: rows, state.bank),
         step=rep,
         rng=rep,
+        bank_stats=jax.tree.map(lambda _: rep, state.bank_stats),
     )
 
 
@@ -147,19 +172,83 @@ def similarity_shardings(sim: similarity_lib.JointSimilarity, mesh):
     return sim._replace(label_factors=rows, cluster_ids=cols, cluster_weights=rep, eta=rep)
 
 
-def init_train_state(config, model, optimizer, num_train: int, mesh) -> TrainState:
-    """Fresh state on the mesh: params/opt replicated, bank rows split over ``data``."""
+def pad_similarity_for(sim: similarity_lib.JointSimilarity, mesh):
+    """``sim`` padded to a multiple of ``mesh``'s device count and placed on it (rows
+    split over ``data``)."""
+    sim = similarity_lib.pad_similarity(sim, parallel.padded_num_rows(sim.num_items, mesh))
+    return jax.device_put(sim, similarity_shardings(sim, mesh))
+
+
+def create_train_state(config, make_params: Callable, args, optimizer, num_train: int, mesh,
+                       sim: similarity_lib.JointSimilarity | None = None) -> TrainState:
+    """The fresh state, created on the mesh by one ``jax.jit`` with ``out_shardings``.
+
+    ``make_params(*args)`` returns the model's parameters (an ``nnx.State``; it builds the
+    model, under the trace). The state's abstract shape comes from ``jax.eval_shape``,
+    its shardings from :func:`state_shardings`; then every device computes only its part
+    (its rows of the bank, its copy of the replicated leaves): no host ever holds the
+    whole tree. The bank has ``padded_num_rows(num_train, mesh)`` rows, the first
+    ``num_train`` bit for bit those of ``init_code_bank(num_train, ...)``. With ``sim``
+    (padded the same way, see :func:`pad_similarity_for`) ``bank_stats`` holds the
+    statistics of the initial codes; without, it is None and the step computes them.
+
+    Bit for bit the state of the eager construction for the same seed (see
+    ``_CREATE_COMPILER_OPTIONS``).
+    """
+    num_rows = parallel.padded_num_rows(num_train, mesh)
+    if sim is not None and sim.num_items != num_rows:
+        raise ValueError(f"sim has {sim.num_items} rows, the bank {num_rows} "
+                         f"({num_train} padded for {parallel.num_data_shards(mesh)} devices): "
+                         "pad it with pad_similarity_for(sim, mesh)")
+
+    def create(args, sim):
+        key = jax.random.PRNGKey(config.seed)
+        params = make_params(*args)
+        bank = bank_lib.init_code_bank(num_train, config.bits, jax.random.fold_in(key, 1),
+                                       num_rows=num_rows)
+        return TrainState(
+            params=params,
+            opt_state=optimizer.init(params),
+            bank=bank,
+            step=jnp.asarray(0, jnp.int32),
+            rng=jax.random.fold_in(key, 2),
+            bank_stats=None if sim is None else bank_lib.bank_statistics(bank.codes, sim),
+        )
+
+    abstract = jax.eval_shape(create, args, sim)
+    shardings = state_shardings(abstract, mesh)
+    return jax.jit(create, out_shardings=shardings,
+                   compiler_options=_CREATE_COMPILER_OPTIONS)(args, sim)
+
+
+def init_train_state(config, model, optimizer, num_train: int, mesh,
+                     sim: similarity_lib.JointSimilarity | None = None) -> TrainState:
+    """Fresh state on the mesh for an existing ``model`` (its parameters are copied):
+    params/opt replicated, bank rows split over ``data`` (see :func:`create_train_state`;
+    FJSPHMethod builds the model inside the jit instead)."""
     _, params = nnx.split(model)
-    key = jax.random.PRNGKey(config.seed)
-    bank = bank_lib.init_code_bank(num_train, config.bits, jax.random.fold_in(key, 1))
-    state = TrainState(
-        params=params,
-        opt_state=optimizer.init(params),
-        bank=bank,
-        step=jnp.asarray(0, jnp.int32),
-        rng=jax.random.fold_in(key, 2),
-    )
-    return jax.device_put(state, state_shardings(state, mesh, num_train))
+    return create_train_state(config, lambda p: p, (params,), optimizer, num_train, mesh, sim)
+
+
+class _TracedTowers:
+    """A PretrainedTowers whose weights are the (traced) arguments of the state-creating
+    jit, so that ``build_model`` copies them without baking them into the program as
+    constants; everything else (configs, source, ...) comes from the real towers."""
+
+    def __init__(self, towers, vision_state, text_state, logit_scale):
+        object.__setattr__(self, "_towers", towers)
+        self._vision_state = vision_state
+        self._text_state = text_state
+        self.logit_scale = logit_scale
+
+    def __getattr__(self, name):
+        return getattr(self._towers, name)
+
+    def vision_state(self):
+        return self._vision_state
+
+    def text_state(self):
+        return self._text_state
 
 
 class FJSPHMethod(GradientMethod):
@@ -188,11 +277,12 @@ class FJSPHMethod(GradientMethod):
                 f"{num_train} training rows"
             )
         input_dims = data.feature_dims or (None, None)
-        model = build.build_model(
-            config, data.vocab_size, with_encoders=self.end_to_end, seed=config.seed,
-            towers=towers, input_dims=input_dims,
+        self._build_model = functools.partial(
+            build.build_model, config, data.vocab_size, with_encoders=self.end_to_end,
+            seed=config.seed, input_dims=input_dims,
         )
-        self.model = model
+        # Shapes only (also checks the towers against the model): no parameter allocated.
+        model = nnx.eval_shape(self._make_model, self._tower_weights())
         self.graphdef, params = nnx.split(model)
         batcher = EpochBatcher(num_train, config.train.global_batch_size, config.seed)
         self.steps_per_epoch = batcher.steps_per_epoch
@@ -202,7 +292,14 @@ class FJSPHMethod(GradientMethod):
         )
         self.update_every = code_update_every(config, batcher.steps_per_epoch)
         self.optimizer = build.build_optimizer(config, params, self.total_steps)
-        self.settings = StepSettings.from_config(config)
+        self.settings = StepSettings.from_config(config, mesh=mesh)
+        if config.loss.similarity_form == "likelihood" and num_train >= LIKELIHOOD_WARN_ROWS:
+            logging.warning(
+                "config.loss.similarity_form='likelihood' has no low-rank form: every step "
+                "reads S(idx, :) and the whole code bank, [%d, %d] arrays, O(B N) time. The "
+                "'mse' form's step does not grow with N.",
+                config.train.global_batch_size, num_train,
+            )
         self.sim = self._similarity(data.labels[data.splits.train])
         self._num_train = num_train
         self._step_fn = None
@@ -225,20 +322,37 @@ class FJSPHMethod(GradientMethod):
             key=jax.random.PRNGKey(config.seed + 7),
             kmeans_iters=config.loss.kmeans_iters,
         )
-        return jax.device_put(sim, similarity_shardings(sim, self.mesh))
+        return pad_similarity_for(sim, self.mesh)
+
+    def _tower_weights(self, mesh=None):
+        """The pretrained towers' weights, the state-creating jit's arguments (end to end
+        only: in frozen mode the towers only gave the features); replicated on ``mesh``."""
+        if self.towers is None or not self.end_to_end:
+            return None
+        weights = (self.towers.vision_state(), self.towers.text_state(),
+                   jnp.asarray(self.towers.logit_scale, jnp.float32))
+        return weights if mesh is None else parallel.put_replicated(weights, mesh)
+
+    def _make_model(self, tower_weights):
+        towers = None if tower_weights is None else _TracedTowers(self.towers, *tower_weights)
+        return self._build_model(towers=towers)
+
+    def _make_params(self, tower_weights):
+        return nnx.split(self._make_model(tower_weights))[1]
 
     def describe(self) -> str:
         return f"FJSPH, {self.bits} bits, {self.config.train.mode}"
 
     def init_state(self) -> TrainState:
-        state = init_train_state(self.config, self.model, self.optimizer, self._num_train,
-                                 self.mesh)
-        shardings = state_shardings(state, self.mesh, self._num_train)
+        state = create_train_state(self.config, self._make_params,
+                                   (self._tower_weights(self.mesh),), self.optimizer,
+                                   self._num_train, self.mesh, self.sim)
+        shardings = state_shardings(state, self.mesh)
         self._step_fn = make_train_step(self.graphdef, self.optimizer, self.settings, shardings,
                                         parallel.replicated(self.mesh))
         codes = self.config.codes
         self._update_fn = jax.jit(
-            lambda bank, sim: code_update(
+            lambda bank, sim: code_update_and_statistics(
                 bank, sim,
                 similarity_weight=codes.similarity_weight,
                 quantization_weight=codes.quantization_weight,
@@ -246,13 +360,14 @@ class FJSPHMethod(GradientMethod):
                 floor=self.config.loss.similarity_floor,
             ),
             donate_argnums=(0,),
-            out_shardings=shardings.bank,
+            out_shardings=(shardings.bank, shardings.bank_stats),
         )
         return state
 
     def before_step(self, state: TrainState, step: int) -> TrainState:
         if step > 0 and step % self.update_every == 0:
-            state = state._replace(bank=self._update_fn(state.bank, self.sim))
+            bank, bank_stats = self._update_fn(state.bank, self.sim)
+            state = state._replace(bank=bank, bank_stats=bank_stats)
         return state
 
     def train_step(self, state: TrainState, batch: dict, step: int):

@@ -138,3 +138,127 @@ def bit_balance_loss(h_bk) -> jax.Array:
     if h.ndim != 2:
         raise ValueError(f"h_bk must be 2-D [B, K], got shape {h.shape}")
     return jnp.mean(jnp.mean(h, axis=0) ** 2)
+
+
+# ------------------------------------------------------------------ bank similarity
+
+
+def bank_similarity_mse(h_bk, target_codes_bk, target_squares_b, code_gram_kk,
+                        num_items) -> jax.Array:
+    """:func:`similarity_mse` of outputs against the whole code bank, without ``[B, N]``.
+
+    For outputs ``h`` [B, K], a bank ``B`` [N, K] and target rows ``T[b, :]`` [N]:
+
+        mean_{b,n} (h_b . B_n / K - T_bn)^2
+          = 1/(B N) sum_b [ h_b^T (B^T B) h_b / K^2 - 2/K h_b . (T B)_b + sum_n T_bn^2 ]
+
+    exactly (the same ``/ K`` and the same mean over all B x N pairs as
+    ``similarity_mse(h, B, T-rows)``), with ``(T B)_b`` and ``sum_n T_bn^2`` from the
+    low-rank statistics (:func:`fjsph_jax.similarity.apply_target_rows`,
+    :func:`fjsph_jax.similarity.target_row_squared_norms`) and ``B^T B`` cached with the
+    bank. Cost O(B K^2), whatever N is.
+
+    Args:
+      h_bk: [B, K] outputs.
+      target_codes_bk: [B, K], ``(T B)[b]``.
+      target_squares_b: [B], ``sum_n T[b, n]^2``.
+      code_gram_kk: [K, K], ``B^T B``.
+      num_items: N, the number of bank rows the mean runs over (padding excluded).
+    Returns:
+      float32 scalar.
+    """
+    h = jnp.asarray(h_bk, jnp.float32)
+    bits = h.shape[1]
+    quadratic = jnp.sum(jnp.matmul(h, code_gram_kk, precision=_PRECISION) * h, axis=1)
+    linear = jnp.sum(h * target_codes_bk, axis=1)
+    per_row = quadratic / bits**2 - 2.0 * linear / bits + target_squares_b
+    return jnp.sum(per_row) / (h.shape[0] * jnp.asarray(num_items, jnp.float32))
+
+
+def bank_similarity_dense(h_bk, codes_nk, s_bn, *, form: str = "mse", floor: float = -1.0,
+                          scale: float = 5.0, valid_n=None) -> jax.Array:
+    """The bank term the direct way: ``h`` [B, K] against every bank row, ``[B, N]``.
+
+    ``form="mse"`` is :func:`similarity_mse` (its reference: the low-rank
+    :func:`bank_similarity_mse` must equal it), ``form="likelihood"`` is
+    :func:`similarity_likelihood`, which has no low-rank form (softplus of the inner
+    products), so FJSPH's step reads this O(B N K) path for it. ``valid_n`` (bool [N]):
+    only those columns count (padding rows of a padded bank); the mean is over them.
+
+    Args:
+      h_bk: [B, K]; codes_nk: [N, K] bank codes; s_bn: [B, N] similarity rows in [0, 1].
+    Returns:
+      float32 scalar.
+    """
+    if form not in ("mse", "likelihood"):
+        raise ValueError(f"form must be 'mse' or 'likelihood', got {form!r}")
+    inner, s_bn = _pair_logits(h_bk, jnp.asarray(codes_nk, jnp.float32), s_bn)
+    if form == "mse":
+        pointwise = (inner - (floor + (1.0 - floor) * s_bn)) ** 2
+    else:
+        theta = scale * inner
+        pointwise = jax.nn.softplus(theta) - s_bn * theta
+    if valid_n is None:
+        return jnp.mean(pointwise)
+    valid = jnp.asarray(valid_n, bool)
+    count = jnp.sum(valid).astype(jnp.float32) * pointwise.shape[0]
+    return jnp.sum(jnp.where(valid[None, :], pointwise, 0.0)) / count
+
+
+# ------------------------------------------------------------- sharded contrastive loss
+
+
+def symmetric_infonce_sharded(image_emb_bd, text_emb_bd, log_logit_scale, *, mesh,
+                              axis_name: str = "data",
+                              max_log_scale: float = math.log(100.0)) -> jax.Array:
+    """:func:`symmetric_infonce` over the global batch, each device holding only its own
+    rows of the ``[B, B]`` logits.
+
+    ``jax.shard_map`` over ``axis_name``: each of the d devices normalises its B/d rows of
+    both embeddings, all-gathers the (small) normalised embeddings [B, D], computes its
+    [B/d, B] logit rows for image -> text (its images against every text) and for
+    text -> image (its texts against every image: columns of the full logits), sums the
+    cross-entropies of its rows and ``psum`` adds them up. Equal to
+    :func:`symmetric_infonce` (values and gradients; the all-gather's transpose is a
+    reduce-scatter), with logits memory B^2 / d per device instead of B^2.
+
+    Args:
+      image_emb_bd, text_emb_bd: [B, D], B a multiple of the mesh's ``axis_name`` size.
+      log_logit_scale: scalar s (replicated).
+      mesh: the device mesh.
+    Returns:
+      float32 scalar (replicated).
+    """
+    image = jnp.asarray(image_emb_bd, jnp.float32)
+    text = jnp.asarray(text_emb_bd, jnp.float32)
+    _same_width("image_emb_bd", image, "text_emb_bd", text)
+    if image.shape[0] != text.shape[0]:
+        raise ValueError(f"image_emb_bd and text_emb_bd must have the same batch size, "
+                         f"got {image.shape} and {text.shape}")
+    batch = image.shape[0]
+    devices = mesh.shape[axis_name]
+    if batch % devices:
+        raise ValueError(f"the batch of {batch} rows does not split over the {devices} "
+                         f"devices of mesh axis {axis_name!r}")
+    from jax.sharding import PartitionSpec as P
+
+    def local_losses(image_local, text_local, log_scale):
+        scale = jnp.exp(jnp.minimum(log_scale, max_log_scale))
+        image_local = _l2_normalize(image_local)
+        text_local = _l2_normalize(text_local)
+        image_all = jax.lax.all_gather(image_local, axis_name, tiled=True)  # [B, D]
+        text_all = jax.lax.all_gather(text_local, axis_name, tiled=True)
+        image_to_text = scale * jnp.matmul(image_local, text_all.T, precision=_PRECISION)
+        text_to_image = scale * jnp.matmul(text_local, image_all.T, precision=_PRECISION)
+        rows = image_local.shape[0]
+        own = jax.lax.axis_index(axis_name) * rows + jnp.arange(rows)  # global row ids
+        matched_i2t = jnp.take_along_axis(image_to_text, own[:, None], axis=1)[:, 0]
+        matched_t2i = jnp.take_along_axis(text_to_image, own[:, None], axis=1)[:, 0]
+        total = (jnp.sum(jax.nn.logsumexp(image_to_text, axis=1) - matched_i2t)
+                 + jnp.sum(jax.nn.logsumexp(text_to_image, axis=1) - matched_t2i))
+        return jax.lax.psum(total, axis_name)
+
+    total = jax.shard_map(
+        local_losses, mesh=mesh, in_specs=(P(axis_name), P(axis_name), P()), out_specs=P(),
+    )(image, text, jnp.asarray(log_logit_scale, jnp.float32))
+    return 0.5 * total / batch
