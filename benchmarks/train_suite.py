@@ -11,7 +11,8 @@ runs. A row builds the full FJSPH training step at one model size and batch and 
                  ``mask_ratio``, hash heads, interaction block, InfoNCE + in-batch
                  similarity + low-rank bank similarity + quantisation + balance + fused
                  terms, clipped AdamW with two learning rates, the bank's F/G update),
-                 model from ``build.build_model``, state from ``method.init_train_state``.
+                 model from ``build.build_model``, state from ``method.create_train_state``
+                 (built under jit, as FJSPHMethod does).
   torch_eager    ``benchmarks/torch_baseline.py``: transformers.CLIPModel towers of the
                  same sizes + the same heads and losses in torch, AdamW (fused on GPU).
                  AMP bf16 on GPU when the config computes in bf16, float32 on CPU.
@@ -52,7 +53,7 @@ step (``xla_flops`` in the row; it also counts elementwise work and the optimise
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import functools
 import json
 import math
 import os
@@ -94,7 +95,10 @@ SIZES = {
     "vit_b16": dict(base="mirflickr.py", vocab_size=49408, num_train=10000, num_classes=24,
                     overrides={"model.vision": "vit_b16"}),
 }
-QUICK_SIZES = ("micro", "tiny")
+# --quick: the demo's towers only (5 rows, each its own process with its own compilation,
+# and the compile-time rows: 4.8-7.1 min wall, 2.9-3.6 min CPU on a shared 2-core CPU at
+# load average 5-8; docs/benchmarks.md). "micro" is for the tests (--train_sizes=micro).
+QUICK_SIZES = ("tiny",)
 FULL_SIZES = ("vit_b32", "vit_b16")
 
 
@@ -241,14 +245,17 @@ def run_jax_row(spec: dict) -> dict:
     mesh = parallel.make_mesh([device])
     base_rss = _rss_mb()
     start = time.perf_counter()
-    model = build.build_model(config, size["vocab_size"], with_encoders=True, seed=config.seed)
-    graphdef, params = nnx.split(model)
-    optimizer = build.build_optimizer(config, params, total_steps=1000)
+    build_model = functools.partial(build.build_model, config, size["vocab_size"], with_encoders=True,
+                                    seed=config.seed)
+    model = nnx.eval_shape(build_model)  # shapes only; the state is built under jit, as FJSPHMethod does
+    graphdef, abstract_params = nnx.split(model)
+    optimizer = build.build_optimizer(config, abstract_params, total_steps=1000)
     labels = synthetic_labels(size["num_train"], size["num_classes"])
     sim = method_lib.pad_similarity_for(_similarity(config, labels), mesh)
-    state = method_lib.init_train_state(config, model, optimizer, size["num_train"], mesh, sim)
+    state = method_lib.create_train_state(config, lambda: nnx.split(build_model())[1], (), optimizer,
+                                          size["num_train"], mesh, sim)
     model_config = model.config
-    del model, params
+    del model, abstract_params
     settings = StepSettings.from_config(config, mesh=mesh)
     step_fn = make_train_step(graphdef, optimizer, settings, method_lib.state_shardings(state, mesh),
                               parallel.replicated(mesh))

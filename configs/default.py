@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every_steps = 200
     config.train.max_checkpoints_to_keep = 2
     config.train.max_steps = -1  # -1: num_epochs * steps_per_epoch
+    # Devices per parameter shard: > 1 makes the mesh ('data', 'fsdp') and splits parameters
+    # and optimiser state over 'fsdp' instead of replicating them (fjsph_jax/parallel.py).
+    config.train.fsdp = 1
 
     # ---- objective --------------------------------------------------------
     config.loss = ml_collections.ConfigDict()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -366,11 +367,14 @@ def encode_split(
         codes["image"] = model.encode_rows("image", images, rows, batch_size=batch_size)
     if "text" in modalities:
         codes["text"] = model.encode_texts(texts, batch_size=batch_size)
+    from fjsph_jax.training.checkpointing import config_fingerprint
+
     metadata = {
         "split": split,
         "dataset": config.data.name,
         "source_workdir": model.workdir,
         "checkpoint_step": model.step,
+        "config_fingerprint": config_fingerprint(config),  # search checks the model's
     }
     return CodeDatabase.from_codes(
         codes,
@@ -446,8 +450,42 @@ def search_text_or_image(
             f"the model makes {model.bits}-bit codes but the database holds "
             f"{database.bits}-bit codes; use the run that wrote it"
         )
+    if text is not None:
+        warn_unknown_words(getattr(model, "tokenizer", None), text)
     query = model.encode_texts([text]) if text is not None else model.encode_images([image])
     return against, database.search(query, against=against, k=k)[0]
+
+
+def warn_unknown_words(tokenizer, text: str) -> None:
+    """A WARNING when no word of ``text`` is in the run's word tokenizer: every word becomes
+    ``<unk>``, so the query's codes carry no meaning. Subword tokenizers know every text."""
+    from fjsph_jax.data.tokenizer import UNK_ID, WordTokenizer, split_words
+
+    if not isinstance(tokenizer, WordTokenizer):
+        return
+    words = split_words(text)
+    if any(tokenizer.token_id(w) != UNK_ID for w in words):
+        return
+    examples = ", ".join(tokenizer.vocab[4:9])  # after <pad> <bos> <eos> <unk>
+    logging.warning(
+        "no word of the query %r is in the run's vocabulary (%d words of its training "
+        "texts, e.g. %s): its codes carry no meaning; use words of the training captions",
+        text, tokenizer.vocab_size - 4, examples)
+
+
+def check_same_run(database: CodeDatabase, model, directory: str) -> None:
+    """ValueError unless ``model`` is the run that wrote ``database`` (the config
+    fingerprint the database records; databases written before it was recorded pass)."""
+    from fjsph_jax.training.checkpointing import config_fingerprint
+
+    wrote = database.metadata.get("config_fingerprint")
+    if wrote is not None and wrote != config_fingerprint(model.config):
+        raise ValueError(
+            f"the code database {directory!r} was written by a run of another config "
+            f"(fingerprint {wrote}) than the one in {model.workdir!r} "
+            f"({config_fingerprint(model.config)}): its codes and this model's do not "
+            "compare. Pass --workdir=<the run that wrote it>, or encode the database again "
+            "with this run (launch/encode.py)")
 
 
 @dataclasses.dataclass
@@ -506,6 +544,10 @@ def search_directory(
 
     if (text is None) == (image is None):
         raise ValueError("pass exactly one of text= and image= (a query text or an image path)")
+    if text is not None:  # before any loading: a query of undecodable bytes is refused
+        from fjsph_jax.data.files import check_utf8_text
+
+        check_utf8_text(text, "--text")
     database = CodeDatabase.load(directory)
     workdir = workdir or database.metadata.get("source_workdir")
     if not workdir:
@@ -518,6 +560,7 @@ def search_directory(
             f"{error} (the database {directory!r} holds codes of checkpoint step {step} of "
             f"{workdir!r}; encode it again with launch/encode.py if that run moved on)"
         ) from error
+    check_same_run(database, model, os.fspath(directory))
     against, hits = search_text_or_image(
         database, model, text=text, image=image, k=k, against=against
     )

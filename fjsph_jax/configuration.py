@@ -11,6 +11,10 @@ bad command line fails in a second instead of after minutes of compilation.
 
 from __future__ import annotations
 
+import difflib
+import functools
+import importlib.util
+import math
 import os
 from typing import Any, Iterable
 
@@ -62,6 +66,161 @@ def positive_number(key: str, value: Any) -> None:
         raise ConfigError(f"{key}={value!r} must be a number > 0")
 
 
+def finite(key: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a finite int or float (not a bool, NaN or inf)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
+            value):
+        raise ConfigError(f"{key}={value!r} must be a finite number")
+
+
+def require_keys(section, prefix: str, keys: Iterable[str], start_from: str) -> None:
+    """ConfigError naming the first of ``keys`` missing from ``section`` (``prefix.key``)."""
+    for key in keys:
+        if key not in section:
+            raise ConfigError(f"{prefix}.{key} is missing: start from {start_from}")
+
+
+def require_features(config, title: str) -> None:
+    """ConfigError unless ``config.data.features`` names feature vectors (a method ``title``
+    that hashes features, not pixels, needs them)."""
+    if not config.data.get("features", ""):
+        raise ConfigError(
+            f"config.data.features is empty, but {title} hashes feature vectors: give "
+            "--config.data.features=PATH (a .mat / .npz feature file, e.g. written by "
+            "`python launch/encode.py --features=PATH --config=...`) or "
+            "--config.data.features=handcrafted (colour histograms + bag of words)"
+        )
+
+
+def integer(key: str, value: Any, minimum: int) -> None:
+    """ConfigError unless ``value`` is an int (not a bool) ``>= minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key}={value!r} must be an integer >= {minimum}")
+
+
+def boolean(key: str, value: Any) -> None:
+    """ConfigError unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} must be True or False")
+
+
+def string(key: str, value: Any) -> None:
+    """ConfigError unless ``value`` is a string (a path may be '')."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}={value!r} must be a string (a path, or '')")
+
+
+def numbers(key: str, value: Any, length: int, *, minimum_open: float | None = None) -> None:
+    """ConfigError unless ``value`` is ``length`` numbers (each ``> minimum_open`` if given)."""
+    ok = isinstance(value, (tuple, list)) and len(value) == length and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool)
+        and (minimum_open is None or v > minimum_open) for v in value)
+    if not ok:
+        bound = f", each > {minimum_open}" if minimum_open is not None else ""
+        raise ConfigError(f"{key}={value!r} must be {length} numbers{bound}, e.g. "
+                          f"{(0.5,) * length}")
+
+
+# The config sections each method reads, next to the shared ones (data, eval). A section of
+# another method has no effect on the run: it is refused, so no value is ignored in silence.
+SHARED_SECTIONS = ("data", "eval")
+SHARED_KEYS = ("method", "seed", "bits")
+METHOD_SECTIONS = {
+    "fjsph": ("model", "init", "train", "loss", "codes"),
+    "jspsh": ("jspsh",),
+    "jdsh": ("train", "jdsh"),
+}
+
+
+def check_method_sections(config, method: str) -> None:
+    """ConfigError for a top-level key of ``config`` that ``method`` does not read."""
+    own = METHOD_SECTIONS.get(method)
+    if own is None:  # a method registered elsewhere: its sections are its own business
+        return
+    allowed = set(SHARED_SECTIONS) | set(SHARED_KEYS) | set(own)
+    for key in config.keys():
+        if key in allowed:
+            continue
+        readers = [m for m, sections in METHOD_SECTIONS.items() if key in sections]
+        why = (f"it is read by {', '.join(readers)}, not by config.method={method!r}"
+               if readers else "no method reads it")
+        raise ConfigError(
+            f"config.{key} has no effect: {why}. Remove it from the config file, or pick the "
+            f"method that reads it (sections of {method}: {', '.join(sorted(allowed))})"
+        )
+
+
+# Every key a config of a method may hold: the keys of its reference file in configs/ (which
+# starts from configs/common.py), plus the shared loop's keys those files leave at their
+# defaults. A key outside them (a misspelling in a user's copy of a config file) is an error:
+# nothing would read it, and the run would silently use the default.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "configs")
+REFERENCE_CONFIGS = {"fjsph": "default.py", "jspsh": "jspsh.py", "jdsh": "jdsh_mirflickr.py"}
+LOOP_KEYS = ("train.tensorboard", "eval.every_steps")
+
+
+def flat_keys(config, prefix: str = "") -> list[str]:
+    """The dotted leaf keys of a (nested) ConfigDict, e.g. ``["bits", "train.mode", ...]``."""
+    keys = []
+    for key, value in config.items():
+        if hasattr(value, "items") and not isinstance(value, (str, bytes)):
+            keys += flat_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+@functools.lru_cache(maxsize=None)
+def reference_keys(method: str) -> frozenset[str] | None:
+    """The keys a ``method`` config may set (see :data:`REFERENCE_CONFIGS`), or None for a
+    method without a reference file or a package installed without configs/."""
+    name = REFERENCE_CONFIGS.get(method)
+    path = os.path.join(CONFIGS_DIR, name) if name else ""
+    if not path or not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location(f"_reference_config_{method}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return frozenset(flat_keys(module.get_config())) | frozenset(LOOP_KEYS)
+
+
+def check_known_keys(config, method: str) -> None:
+    """ConfigError for a key that no code of ``method`` reads (e.g. ``train.warmpu_steps``
+    written in a config file), with the closest known key as a "did you mean"."""
+    known = reference_keys(method)
+    if known is None:
+        return
+    for key in flat_keys(config):
+        if key in known or key.split(".")[0] not in known_sections(known):
+            continue  # unknown sections: check_method_sections names their method
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+        hint = f"did you mean config.{close[0]}? " if close else ""
+        raise ConfigError(
+            f"config.{key} is not a key of a {method} config, so nothing would read it; "
+            f"{hint}Fix the config file (configs/{REFERENCE_CONFIGS[method]} lists every key)")
+
+
+def known_sections(keys: Iterable[str]) -> set[str]:
+    """The top-level names of dotted ``keys``."""
+    return {key.split(".")[0] for key in keys}
+
+
+def validate_common(config) -> None:
+    """The shared keys no other check reads: seed, image geometry, split seed, paths."""
+    integer("config.seed", config.seed, 0)
+    data = config.data
+    positive("config.data.image_size", data.get("image_size", 32))
+    integer("config.data.split_seed", data.get("split_seed", 0), 0)
+    positive("config.data.min_tag_count", data.get("min_tag_count", 20))
+    integer("config.data.num_validation", data.get("num_validation", 0), 0)
+    for key in ("manual_dir", "data_dir", "image_root"):
+        string(f"config.data.{key}", data.get(key, ""))
+    numbers("config.data.image_mean", data.get("image_mean", (0.5,) * 3), 3)
+    numbers("config.data.image_std", data.get("image_std", (0.5,) * 3), 3,
+            minimum_open=0.0)
+
+
 def validate_config(config, num_devices: int) -> None:
     """Raises :class:`ConfigError` on the first bad value of ``config``.
 
@@ -73,7 +232,10 @@ def validate_config(config, num_devices: int) -> None:
 
     method = config.get("method", "fjsph")
     choice("config.method", method, methods.names())
+    check_method_sections(config, method)
+    check_known_keys(config, method)
     positive("config.bits", config.bits)
+    validate_common(config)
     validate_data(config)
     validate_eval(config)
     try:

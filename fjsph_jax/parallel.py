@@ -1,11 +1,18 @@
 """Every sharding rule of the project, in one place.
 
-The training step is one `jax.jit` over a 1-D device mesh with axis ``data``:
+The training step is one `jax.jit` over a device mesh with axis ``data``, or, with
+``fsdp > 1`` (``config.train.fsdp``), a 2-D mesh ``('data', 'fsdp')`` of shape
+``[D / fsdp, fsdp]`` over the D devices:
 
-* batches are split along their leading axis over ``data`` (``P('data')``);
-* model parameters and optimiser state are replicated (``P()``);
+* batches are split along their leading axis over every batch axis (:func:`batch_axes`:
+  ``P('data')``, or ``P(('data', 'fsdp'))``: B / D rows per device either way);
+* model parameters and optimiser state are replicated (``P()``) on the 1-D mesh; on the
+  2-D mesh each leaf is split over ``fsdp`` along its largest dimension that ``fsdp``
+  divides (:func:`fsdp_spec`) and replicated over ``data``, so per-device parameter and
+  optimiser memory is about ``1 / fsdp`` of the replicated one (XLA all-gathers a
+  layer's weights where they are used and reduce-scatters their gradients);
 * the code bank rows (``[N, K]`` arrays over the training set) are split along N over
-  ``data`` when N divides evenly, so bank memory per device is ``N K / D``.
+  the batch axes when N divides evenly, so bank memory per device is ``N K / D``.
 
 XLA inserts the collectives (the all-gather the global-batch contrastive loss needs,
 the gradient all-reduce). On several hosts each process feeds only its slice of the
@@ -23,6 +30,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
 
 
 CLUSTER_ENV_VARS = (
@@ -110,12 +118,68 @@ def is_distributed() -> bool:
     return distributed.global_state.client is not None
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh ``('data',)`` over ``devices`` (default: every device of every host)."""
+def make_mesh(devices: Sequence[jax.Device] | None = None, *, fsdp: int = 1) -> Mesh:
+    """The training mesh over ``devices`` (default: every device of every host).
+
+    ``fsdp == 1``: 1-D ``('data',)``. ``fsdp > 1``: 2-D ``('data', 'fsdp')`` of shape
+    ``[len(devices) / fsdp, fsdp]`` (consecutive devices share an fsdp group, so on a
+    multi-GPU host the parameter all-gathers stay on the fast intra-host links).
+    """
     devices = list(jax.devices() if devices is None else devices)
     if not devices:
         raise ValueError("make_mesh: got an empty device list")
-    return Mesh(np.array(devices), (DATA_AXIS,))
+    if not isinstance(fsdp, (int, np.integer)) or fsdp < 1 or len(devices) % fsdp:
+        raise ValueError(f"fsdp={fsdp!r} must be a positive divisor of the device count "
+                         f"{len(devices)} (config.train.fsdp)")
+    if fsdp == 1:
+        return Mesh(np.array(devices), (DATA_AXIS,))
+    return Mesh(np.array(devices).reshape(len(devices) // fsdp, fsdp), (DATA_AXIS, FSDP_AXIS))
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes a batch's rows (and the bank's) are split over: ``('data',)`` or
+    ``('data', 'fsdp')``."""
+    return tuple(a for a in (DATA_AXIS, FSDP_AXIS) if a in mesh.shape)
+
+
+def batch_axis_name(mesh: Mesh) -> str | tuple[str, ...]:
+    """The batch dimension's axis name for ``P``, ``shard_map`` and collectives:
+    ``'data'``, or ``('data', 'fsdp')`` (their product) on an fsdp mesh."""
+    axes = batch_axes(mesh)
+    return axes[0] if len(axes) == 1 else axes
+
+
+def _batch_spec(mesh: Mesh) -> P:
+    return P(batch_axis_name(mesh))
+
+
+def fsdp_size(mesh: Mesh) -> int:
+    """The size of the mesh's ``fsdp`` axis (1 without one)."""
+    return mesh.shape.get(FSDP_AXIS, 1)
+
+
+def fsdp_spec(shape: Sequence[int], fsdp: int) -> P:
+    """Where a parameter of ``shape`` is split on an fsdp mesh of ``fsdp`` devices.
+
+    ``P`` with ``'fsdp'`` at the largest dimension that ``fsdp`` divides (the first of
+    equal ones), e.g. ``[768, 3072] -> P(None, 'fsdp')``, ``[49408, 512] -> P('fsdp')``;
+    ``P()`` (replicated) for scalars, for leaves with no such dimension and for
+    ``fsdp == 1``. Each device then holds ``size / fsdp`` elements of a split leaf.
+    """
+    candidates = [(-n, i) for i, n in enumerate(shape) if fsdp > 1 and n % fsdp == 0]
+    if not candidates:
+        return P()
+    dim = min(candidates)[1]
+    return P(*([None] * dim + [FSDP_AXIS]))
+
+
+def param_shardings(tree: Any, mesh: Mesh) -> Any:
+    """A sharding per leaf of a parameter / optimiser-state tree (arrays or
+    ``jax.ShapeDtypeStruct``): :func:`fsdp_spec` of its shape, replicated over ``data``.
+    On a mesh without ``fsdp`` every leaf is replicated. Adam's moments have their
+    parameter's shape, so they are split like it."""
+    size = fsdp_size(mesh)
+    return jax.tree.map(lambda x: NamedSharding(mesh, fsdp_spec(np.shape(x), size)), tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -124,20 +188,20 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding for a global batch: leading axis split over ``data``."""
-    return NamedSharding(mesh, P(DATA_AXIS))
+    """Sharding for a global batch: leading axis split over the batch axes (every device)."""
+    return NamedSharding(mesh, _batch_spec(mesh))
 
 
 def rows_sharding(mesh: Mesh, num_rows: int) -> NamedSharding:
-    """Sharding for ``[N, ...]`` banks: rows over ``data`` when ``N % devices == 0``.
+    """Sharding for ``[N, ...]`` banks: rows over the batch axes when ``N % devices == 0``.
 
     Otherwise the bank is replicated (and a warning logged): correct, only larger. Arrays
     over the training set should not get here: pad them first (:func:`padded_num_rows`,
     :func:`pad_rows`; FJSPH's bank, label factors and cluster ids are padded so).
     """
-    size = mesh.shape[DATA_AXIS]
+    size = num_batch_shards(mesh)
     if num_rows % size == 0:
-        return NamedSharding(mesh, P(DATA_AXIS))
+        return NamedSharding(mesh, _batch_spec(mesh))
     logging.warning(
         "bank of %d rows does not split over %d devices: replicating it (pad it to "
         "parallel.padded_num_rows(%d, mesh) = %d rows to split it)",
@@ -153,7 +217,7 @@ def padded_num_rows(num_rows: int, mesh: Mesh | int) -> int:
     always split over ``data`` (``N / devices`` rows per device, at most ``devices - 1``
     padding rows in all). Whoever pads masks the padding rows out of every result.
     """
-    devices = mesh if isinstance(mesh, int) else mesh.shape[DATA_AXIS]
+    devices = mesh if isinstance(mesh, int) else num_batch_shards(mesh)
     if num_rows < 0 or devices < 1:
         raise ValueError(f"padded_num_rows: need num_rows >= 0 and devices >= 1, got "
                          f"{num_rows} and {devices}")
@@ -186,12 +250,19 @@ def row_mask(num_valid: int, num_rows: int):
 
 
 def num_data_shards(mesh: Mesh) -> int:
+    """The size of the ``data`` axis (the device count on a 1-D mesh)."""
     return mesh.shape[DATA_AXIS]
+
+
+def num_batch_shards(mesh: Mesh) -> int:
+    """How many parts a batch splits into: the product of :func:`batch_axes`' sizes (every
+    device of the mesh)."""
+    return int(np.prod([mesh.shape[a] for a in batch_axes(mesh)]))
 
 
 def check_global_batch(global_batch_size: int, mesh: Mesh) -> None:
     """Raises unless the global batch splits evenly over devices and hosts."""
-    devices = num_data_shards(mesh)
+    devices = num_batch_shards(mesh)
     if global_batch_size <= 0 or global_batch_size % devices:
         raise ValueError(
             f"config.train.global_batch_size={global_batch_size} must be a positive "
@@ -212,7 +283,8 @@ def host_slice(global_batch_size: int) -> slice:
 
 
 def global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host-local numpy arrays (this process's rows) -> global arrays split over ``data``."""
+    """Host-local numpy arrays (this process's rows) -> global arrays split over the batch
+    axes (:func:`batch_sharding`)."""
     sharding = batch_sharding(mesh)
     return {
         k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
@@ -237,7 +309,7 @@ def map_batches(fn, source, rows: np.ndarray, *, batch_size: int, mesh: Mesh,
 
     load = as_row_loader(source)
     rows = np.asarray(rows)
-    devices = num_data_shards(mesh)
+    devices = num_batch_shards(mesh)
     padded = -(-min(batch_size, max(len(rows), 1)) // devices) * devices
     starts = range(0, len(rows), padded)
 

@@ -9,7 +9,7 @@ Suites:
             torch.compile) on the same device: examples/s, step time, peak memory, MFU,
             the ratios ours / PyTorch; ours with FLIP masking at --masks. Default sizes
             ViT-B/32 and ViT-B/16 + text_base at configs/mirflickr.py's batch;
-            --quick: tiny towers on CPU in minutes. --json=FILE writes
+            --quick: the demo's tiny towers on CPU in minutes. --json=FILE writes
             {"device", "rows": [{"impl", "model", "mask_ratio", "batch_size",
             "examples_per_s", "step_ms", "peak_memory_mb", "mfu", ...}], "ratios", ...}.
             See benchmarks/train_suite.py.
@@ -40,7 +40,7 @@ _RERUN = flags.DEFINE_bool("rerun", False, "Rerun rows whose results are already
 # --suite=train
 _JSON = flags.DEFINE_string("json", None, "train: write the results as JSON to this file.")
 _TRAIN_SIZES = flags.DEFINE_list("train_sizes", None, "train: model sizes (default vit_b32,vit_b16; "
-                                 "--quick: micro,tiny); any of micro, tiny, vit_b32, vit_b16.")
+                                 "--quick: tiny); any of micro, tiny, vit_b32, vit_b16.")
 _IMPLS = flags.DEFINE_list("impls", ["jax", "torch_eager", "torch_compile"], "train: implementations.")
 _MASKS = flags.DEFINE_list("masks", ["0", "0.5", "0.75"], "train: FLIP mask ratios of ours.")
 _STEPS = flags.DEFINE_integer("steps", None, "train: timed steps per row (default 20; --quick 5).")

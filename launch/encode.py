@@ -39,6 +39,8 @@ if REPO_ROOT not in sys.path:  # works from a checkout without `pip install -e .
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from fjsph_jax import cli  # noqa: E402
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a launch/train.py run.")
 _SPLIT = flags.DEFINE_enum(
     "split", "database", ["database", "query", "train"], "Which split of the run's dataset."
@@ -77,14 +79,7 @@ _MAT73 = flags.DEFINE_bool(
 PROGRESS_EVERY_S = 10.0  # a progress line at least this often (and every 10% of the rows)
 
 
-class UsageError(ValueError):
-    """A wrong combination of flags."""
-
-
-def _fail(error: Exception) -> None:
-    message = " ".join(str(error).split("\n"))  # one line on stderr
-    print(f"error: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
+UsageError = cli.UsageError  # a wrong combination of flags
 
 
 # ---------------------------------------------------------------------------------------
@@ -424,16 +419,13 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    try:
-        if _FEATURES.value is None:
-            encode_codes()
-        else:
-            encode_features()
-    except (FileNotFoundError, ValueError) as error:
-        # UsageError, RunNotFoundError, FeatureFileError, ConfigError, DatasetNotFoundError,
-        # CheckpointError: messages that name the flag, key or file and the fix
-        _fail(error)
+    # UsageError, RunNotFoundError, FeatureFileError, ConfigError, DatasetNotFoundError,
+    # CheckpointError name the flag, key or file and the fix: cli.run prints them in one line
+    if _FEATURES.value is None:
+        encode_codes()
+    else:
+        encode_features()
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

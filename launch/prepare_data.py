@@ -10,6 +10,7 @@ Training (`launch/train.py`) builds on demand the same way and reuses this build
 """
 
 import os
+import re
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -18,6 +19,8 @@ if REPO_ROOT not in sys.path:  # works from a checkout without `pip install -e .
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from fjsph_jax import cli  # noqa: E402
 
 _DATASET = flags.DEFINE_enum(
     "dataset", None, ["mirflickr", "nuswide", "coco"], "Which dataset to build."
@@ -92,13 +95,23 @@ def main(argv):
             data[key] = value
     try:
         print(prepare_from_config(data, overwrite=_OVERWRITE.value), flush=True)
-    except DatasetNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
+    except (DatasetNotFoundError, ValueError) as error:
+        if cli.show_tracebacks():
+            raise
+        cli.fail(f"{type(error).__name__}: {in_own_flags(str(error))}")
+
+
+def in_own_flags(message: str) -> str:
+    """``message`` with the trainer's ``--config.data.X`` (and ``config.data.X``) written as
+    this tool's ``--X`` wherever it has that flag."""
+    own = {name for name in flags.FLAGS if not name.startswith("config")}
+
+    def replace(match):
+        key = {"name": "dataset"}.get(match.group(1), match.group(1))
+        return f"--{key}" if key in own else match.group(0)
+
+    return re.sub(r"(?:--)?config\.data\.(\w+)", replace, message)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -18,6 +18,8 @@ if REPO_ROOT not in sys.path:  # works from a checkout without `pip install -e .
 
 from absl import app, flags, logging  # noqa: E402
 
+from fjsph_jax import cli  # noqa: E402
+
 _INDEX = flags.DEFINE_string(
     "index", None, "Code database directory written by launch/encode.py.", required=True
 )
@@ -42,20 +44,11 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     from fjsph_jax.code_database import search_directory
 
-    try:
-        result = search_directory(
-            _INDEX.value,
-            text=_TEXT.value,
-            image=_IMAGE.value,
-            k=_K.value,
-            against=_AGAINST.value,
-            workdir=_WORKDIR.value,
-        )
-    except (FileNotFoundError, ValueError) as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        sys.exit(2)
+    # a missing or mismatched run or index: cli.run reports it in one line, exit 2
+    result = search_directory(_INDEX.value, text=_TEXT.value, image=_IMAGE.value, k=_K.value,
+                              against=_AGAINST.value, workdir=_WORKDIR.value)
     print(result.to_json() if _JSON.value else result.format_table(), flush=True)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

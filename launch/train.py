@@ -15,8 +15,9 @@ Several processes (hosts), docs/multihost.md:
   workdir (the default's timestamp is process 0's).
 
 Exit status: 0 when done, and also after a preemption (SIGTERM: every process saves a
-checkpoint at the same step and prints the command that resumes); 2 for a bad config or
-missing data; 3 when the loss or the gradient stopped being finite (the last finite
+checkpoint at the same step and prints the command that resumes); 2 for a user mistake
+(a bad config file, key or value, missing data, an unusable workdir, a resume with another
+config), reported in one line (`--traceback` shows the traceback; docs/errors.md); 3 when the loss or the gradient stopped being finite (the last finite
 checkpoint stays the latest). Re-running the same command in the same workdir resumes.
 """
 
@@ -31,6 +32,8 @@ if REPO_ROOT not in sys.path:  # works from a checkout without `pip install -e .
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from fjsph_jax import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -57,7 +60,7 @@ _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "This process's index in [0, --num_processes)."
 )
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = cli.EXIT_BAD_INPUT
 EXIT_NON_FINITE = 3
 
 
@@ -90,15 +93,6 @@ def resume_command(workdir: str, argv=None) -> str:
     return shlex.join(["python", *argv])
 
 
-def _fail(status: int, error: Exception) -> None:
-    # One line: ConfigError, CheckpointError and the data layer's bad-input errors name the
-    # key or file and the fix; NonFiniteError names the step, the loss terms and the
-    # checkpoint that stays the latest.
-    message = " ".join(str(error).split("\n"))
-    print(f"error: {type(error).__name__}: {message}", file=sys.stderr, flush=True)
-    sys.exit(status)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -111,10 +105,9 @@ def main(argv):
             _COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value
         )
     except ValueError as e:
-        _fail(EXIT_BAD_INPUT, e)
+        cli.fail(e)
     import jax
 
-    from fjsph_jax.data.sources import DatasetNotFoundError
     from fjsph_jax.training.guards import NonFiniteError, Preempted
     from fjsph_jax.training.loop import train_and_evaluate
 
@@ -131,11 +124,9 @@ def main(argv):
             f"resume with:\n  {resume_command(workdir)}",
             flush=True,
         )
-    except NonFiniteError as e:
-        _fail(EXIT_NON_FINITE, e)
-    except (DatasetNotFoundError, ValueError) as e:
-        _fail(EXIT_BAD_INPUT, e)
+    except NonFiniteError as e:  # names the step, the loss terms and the checkpoint kept
+        cli.fail(e, EXIT_NON_FINITE)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)  # user mistakes (ConfigError, missing data, ...): one line, exit 2

@@ -21,3 +21,8 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+# `tiny` is tests/tiny.py (the test helpers). configs/tiny.py has the same module name and
+# config files put configs/ first on sys.path when loaded: import the helpers now, before
+# any config file is, so that every `from tiny import ...` gets them.
+import tiny  # noqa: E402,F401

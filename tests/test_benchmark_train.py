@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 pytest.importorskip("torch")
@@ -23,7 +24,12 @@ def test_quick_train_suite_runs_both_sides_and_writes_the_schema(tmp_path):
         "--train_sizes=micro", "--impls=jax,torch_eager", "--masks=0", "--steps=1", "--warmup=1",
         "--compile_layers=", f"--json={out}",
     ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # Every row is its own process: give them this session's XLA flags (conftest) and its
+    # persistent compilation cache, so that a rerun compiles nothing.
+    env = dict(os.environ,
+               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "speed-up" in done.stdout  # the printed table has the ratios
     summary = json.loads(out.read_text())

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
 import default  # noqa: E402
 
-from tiny import apply_overrides  # noqa: E402
+from fjsph_jax.configuration import apply_overrides  # noqa: E402
 
 from fjsph_jax.configuration import ConfigError, validate_config  # noqa: E402
 

@@ -84,6 +84,45 @@ def test_float64_solve_agrees_with_float32(run, tmp_path):
         assert abs(results64[direction]["map_all"] - results32[direction]["map_all"]) < 0.03
 
 
+@pytest.fixture(scope="module")
+def feature_file(tmp_path_factory):
+    """A tiny .npz in the launch/encode.py layout: 60 training / database rows, 10 queries."""
+    from fjsph_jax.data.feature_files import write_feature_file
+
+    rng = np.random.default_rng(0)
+
+    def labels(rows):
+        values = (rng.random((rows, 5)) < 0.3).astype(np.uint8)
+        values[np.arange(rows), rng.integers(0, 5, rows)] = 1
+        return values
+
+    path = str(tmp_path_factory.mktemp("features") / "features.npz")
+    write_feature_file(path, {
+        "I_tr": rng.random((60, 12), np.float32), "T_tr": rng.random((60, 7), np.float32),
+        "L_tr": labels(60), "I_te": rng.random((10, 12), np.float32),
+        "T_te": rng.random((10, 7), np.float32), "L_te": labels(10)})
+    return path
+
+
+@pytest.mark.parametrize("name, anchors", [("jspsh_mirflickr", 1000), ("jspsh_nuswide", 5000),
+                                           ("jspsh_coco", 1000)])
+def test_dataset_configs_validate_on_a_feature_file(name, anchors, feature_file):
+    """Each dataset config loads, needs a feature file, and validates with one; the solve
+    settings are the authors' (configs/jspsh.py) with their anchor count."""
+    import importlib
+
+    config = importlib.import_module(name).get_config()
+    assert config.method == "jspsh" and config.jspsh.anchors == anchors
+    base = jspsh.get_config().jspsh
+    for key in ("mu", "alpha", "omega", "beta", "theta", "lam", "iterations", "sparsity",
+                "cluster_ks"):
+        assert config.jspsh[key] == base[key], key
+    with pytest.raises(ConfigError, match=r"config\.data\.features is empty.*launch/encode\.py"):
+        validate_config(config, num_devices=1)
+    config.data.features = feature_file
+    validate_config(config, num_devices=1)
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"bits": 32}, r"bits / sparsity = 32 / 0.05 = 640 dimensions, which must be fewer than "
                    r"the 500 training rows"),

@@ -187,8 +187,8 @@ class OfficialLayout(Layout):
             ("train", found[0], found[2]),
             ("val", found[1], found[3]),
         ):
-            captions_doc = json.loads(files.read_bytes(captions_rel))
-            instances_doc = json.loads(files.read_bytes(instances_rel))
+            captions_doc = json.loads(files.read_text(captions_rel))  # strict UTF-8
+            instances_doc = json.loads(files.read_text(instances_rel))
             categories = [(c["id"], c["name"]) for c in instances_doc["categories"]]
             if category_names is None:
                 category_names = [name for _, name in categories]
@@ -212,7 +212,7 @@ class OfficialLayout(Layout):
             for image_id in sorted(images):
                 row = labels.get(image_id)
                 if row is None or not row.any():
-                    pairs.skipped[SKIP_NO_LABEL] += 1
+                    pairs.skip(SKIP_NO_LABEL, images[image_id])
                     continue
                 file_name = images[image_id]
                 read_image, image_name = resolver.reader(f"{split}{year}/{file_name}")

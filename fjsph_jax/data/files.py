@@ -27,6 +27,40 @@ class MissingFilesError(FileNotFoundError):
     """Files a layout needs are absent; the message names them and where they were sought."""
 
 
+class NotUtf8Error(ValueError):
+    """A text file (or text argument) is not valid UTF-8; the message names where."""
+
+
+UTF8_FIX = ("re-save it as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`, with the "
+            "file's real encoding after -f)")
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """``data`` decoded as UTF-8 (a leading byte-order mark dropped); :class:`NotUtf8Error`
+    naming ``where``, the line, the byte and the fix for the first undecodable byte."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        bad = data[error.start:error.end]
+        raise NotUtf8Error(
+            f"{where} is not UTF-8 text: line {line} has the byte(s) {bad!r} "
+            f"(offset {error.start}); {UTF8_FIX}") from None
+
+
+def check_utf8_text(text: str, where: str) -> str:
+    """``text`` unchanged if it is proper Unicode; :class:`NotUtf8Error` naming ``where`` if
+    it holds bytes that were not UTF-8 (Python keeps them in argv / file names as surrogate
+    escapes, which would otherwise fail later, far from their source)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise NotUtf8Error(
+            f"{where} is not UTF-8 text (undecodable byte at character {error.start}); pass "
+            "UTF-8, e.g. from a terminal whose locale is UTF-8 (LANG=C.UTF-8)") from None
+    return text
+
+
 class SourceFiles:
     """Read-only index over ``root`` (a directory) and the zip archives directly in it."""
 
@@ -133,8 +167,9 @@ class SourceFiles:
             return self._zips[path].read(member)
 
     def read_text(self, rel: str) -> str:
-        """``rel`` decoded as UTF-8 (undecodable bytes replaced), newlines normalised."""
-        return self.read_bytes(rel).decode("utf-8", errors="replace").replace("\r\n", "\n")
+        """``rel`` decoded as UTF-8, newlines normalised; :class:`NotUtf8Error` naming the
+        file and line if it is not UTF-8 (nothing is replaced or dropped in silence)."""
+        return decode_utf8(self.read_bytes(rel), self.describe(rel)).replace("\r\n", "\n")
 
     def read_lines(self, rel: str) -> list[str]:
         """Lines of ``rel`` without their line endings (a final empty line is dropped)."""

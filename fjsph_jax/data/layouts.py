@@ -45,6 +45,7 @@ SKIP_EMPTY_TEXT = "empty text"
 SKIP_NO_LABEL = "no positive label"
 SKIP_MISSING_IMAGE = "image file missing"
 SKIP_UNREADABLE_IMAGE = "unreadable or corrupt image"
+SKIPS_NAMED = 5  # the WARNING of a skip reason names this many rows, then the count
 
 VOCABULARY_FILES = (
     "TagList.txt",
@@ -84,6 +85,36 @@ class SourcePairs:
     items: list[SourceItem]
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     notes: list[str] = dataclasses.field(default_factory=list)
+    skipped_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def skip(self, reason: str, name: str) -> None:
+        """Counts a row dropped while reading the layout, and remembers the first names."""
+        count_skip(self.skipped, self.skipped_names, reason, name)
+
+
+def count_skip(skipped: collections.Counter, names: dict[str, list[str]], reason: str,
+               name: str) -> None:
+    """``skipped[reason] += 1``; ``name`` kept in ``names[reason]`` while it holds fewer
+    than :data:`SKIPS_NAMED` names (what the skip WARNING lists)."""
+    skipped[reason] += 1
+    listed = names.setdefault(reason, [])
+    if len(listed) < SKIPS_NAMED:
+        listed.append(name)
+
+
+def describe_skips(layout: str, source_rows: int, skipped: collections.Counter,
+                   names: dict[str, list[str]]) -> list[str]:
+    """One line per skip reason: the count, the reason, the first rows by name and how many
+    more, e.g. ``text_files: skipped 7 of 40 rows: image file missing (im3.jpg, ..., and 2
+    more)``."""
+    lines = []
+    for reason, count in sorted(skipped.items()):
+        listed = names.get(reason, [])[:SKIPS_NAMED]
+        rest = count - len(listed)
+        which = ", ".join(listed) + (f", and {rest} more" if rest and listed else "")
+        lines.append(f"{layout}: skipped {count} of {source_rows} rows: {reason}"
+                     + (f" ({which})" if which else ""))
+    return lines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +205,11 @@ def parse_label_lines(lines: Sequence[str], where: str) -> np.ndarray:
                 f"{where} line {number} has {len(rows[-1])} values, line 1 has "
                 f"{len(rows[0])}; every line needs one value per label"
             )
+        bad = next((v for v in rows[-1] if v not in (0.0, 1.0)), None)
+        if bad is not None:
+            raise ValueError(
+                f"{where} line {number}: labels must be 0/1 (multi-hot), found the value "
+                f"{bad:g} in {line[:60]!r}; fix that line (one 0/1 value per label)")
     return to_label_rows(np.array(rows, dtype=np.float64).reshape(len(rows), -1), where)
 
 
@@ -535,6 +571,11 @@ class CleanReport:
     source_rows: int
     kept: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    skipped_names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def skip(self, reason: str, name: str) -> None:
+        """Counts a dropped row; the first few names are kept for the WARNING."""
+        count_skip(self.skipped, self.skipped_names, reason, name)
 
     def as_dict(self) -> dict:
         return {
@@ -568,6 +609,7 @@ def clean_items(
         pairs.layout,
         len(pairs.items) + sum(pairs.skipped.values()),
         skipped=collections.Counter(pairs.skipped),
+        skipped_names={reason: list(names) for reason, names in pairs.skipped_names.items()},
     )
     workers = workers or os.cpu_count() or 1
 
@@ -575,9 +617,9 @@ def clean_items(
         candidates = []
         for item in pairs.items:
             if not any(c.strip() for c in item.captions):
-                report.skipped[SKIP_EMPTY_TEXT] += 1
+                report.skip(SKIP_EMPTY_TEXT, item.key)
             elif not item.labels.any():
-                report.skipped[SKIP_NO_LABEL] += 1
+                report.skip(SKIP_NO_LABEL, item.key)
             else:
                 candidates.append(item)
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -585,14 +627,13 @@ def clean_items(
                 block = candidates[start : start + chunk]
                 for item, (data, reason) in zip(block, pool.map(_load_checked_image, block)):
                     if reason is not None:
-                        report.skipped[reason] += 1
+                        report.skip(reason, item.image_name)
                         logging.info("skipping %s: %s", item.image_name, reason)
                         continue
                     report.kept += 1
                     yield item, data
-        for reason, count in sorted(report.skipped.items()):
-            logging.warning(
-                "%s: skipped %d of %d rows: %s", pairs.layout, count, report.source_rows, reason
-            )
+        for line in describe_skips(pairs.layout, report.source_rows, report.skipped,
+                                   report.skipped_names):
+            logging.warning("%s", line)
 
     return generate(), report

@@ -125,8 +125,13 @@ class OfficialLayout(Layout):
         numbers = sorted(set(images) | set(tag_files))
         labels = np.zeros((max(numbers, default=0) + 1, len(CONCEPTS)), np.uint8)
         for column, rel in enumerate(found):
-            for line in files.read_lines(rel):
+            for line_number, line in enumerate(files.read_lines(rel), start=1):
                 if line.strip():
+                    if not line.strip().isdigit():
+                        raise ValueError(
+                            f"{files.describe(rel)} line {line_number}: {line.strip()[:60]!r} "
+                            "is not an image number; a concept list holds one number per line "
+                            "(download mirflickr25k_annotations_v080.zip again)")
                     number = int(line.strip())
                     if number >= labels.shape[0]:
                         raise ValueError(
@@ -147,10 +152,10 @@ class OfficialLayout(Layout):
         for number in numbers:
             kept_tags = [t for t in tags.get(number, []) if t in frequent]
             if not labels[number].any():
-                pairs.skipped[SKIP_NO_LABEL] += 1
+                pairs.skip(SKIP_NO_LABEL, f"im{number}")
                 continue
             if not kept_tags:
-                pairs.skipped[SKIP_NO_FREQUENT_TAG] += 1
+                pairs.skip(SKIP_NO_FREQUENT_TAG, f"im{number}")
                 continue
             rel = images.get(number)
             if rel is None:

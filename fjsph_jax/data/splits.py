@@ -56,6 +56,20 @@ def split_sizes(protocol: str, num_items: int, num_query: int, num_train: int) -
     return query, train
 
 
+def check_split_fits(num_items: int, num_query: int, num_train: int) -> None:
+    """ValueError naming the sizes and the fix unless ``num_query`` queries and ``num_train``
+    training rows (drawn from the rest) fit ``num_items`` items."""
+    if 0 < num_query < num_items and 0 < num_train <= num_items - num_query:
+        return
+    raise ValueError(
+        f"the split does not fit the dataset's {num_items} items: --config.data.num_query="
+        f"{num_query} must lie in 1..{num_items - 1} and --config.data.num_train={num_train} "
+        f"in 1..{max(num_items - num_query, 0)} (the rest after the queries); lower them, or "
+        f"use --config.data.split_protocol=small ({SMALL_QUERY_FRACTION:.0%} queries, "
+        f"{SMALL_TRAIN_FRACTION:.0%} training rows of any dataset)"
+    )
+
+
 def permutation_splits(num_items: int, num_query: int, num_train: int, seed: int) -> Splits:
     """DCHMT / MITH: one legacy-numpy permutation; query first, train right after it."""
     if not 0 < num_query < num_items:
@@ -87,6 +101,7 @@ def protocol_splits(
             "num_items, labels=...) or djsrh_splits(labels, ...)"
         )
     query, train = split_sizes(protocol, num_items, num_query, num_train)
+    check_split_fits(num_items, query, train)
     if protocol == "permutation":
         return permutation_splits(num_items, query, train, seed)
     return make_splits(num_items, query, train, seed)

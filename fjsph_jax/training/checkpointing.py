@@ -18,6 +18,7 @@ Damaged step directories are skipped with a warning and moved aside
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -164,10 +165,12 @@ class Checkpointer:
             damage = _structure_problem(os.path.join(self.directory, str(step)), step)
             restored, error = None, damage
             if damage is None:
+                self._check_fingerprint(step, fingerprint)  # before any array is read
                 try:
-                    restored = self._restore_step(step, target)
+                    with _library_logs_quieted():  # the reason is logged once, below
+                        restored = self._restore_step(step, target)
                 except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise many kinds)
-                    error = f"{type(e).__name__}: {e}"
+                    error = _first_line(e)
             if _agree(error is None):
                 break
             failed.append((step, error or "failed on another process", damage is not None))
@@ -184,19 +187,27 @@ class Checkpointer:
             return None
         self._set_aside([s for s, _, _ in failed])
         meta = dict(restored["meta"])
-        if meta.get("config_fingerprint") != fingerprint:
-            raise CheckpointMismatchError(
-                f"{self.directory} holds checkpoints of a run with another configuration "
-                f"(fingerprint {meta.get('config_fingerprint')!r}, this run {fingerprint!r}). "
-                "Use a new --workdir, or the original config to resume."
-            )
         for bad, why, _ in failed:
             logging.warning(
                 "checkpoint step %d in %s is damaged (%s): skipped, resuming from step %d",
-                bad, self.directory, why[:300], step,
+                bad, self.directory, why, step,
             )
         logging.info("restored checkpoint at step %d from %s", step, self.directory)
         return restored["state"], meta
+
+    def _check_fingerprint(self, step: int, fingerprint: str) -> None:
+        """:class:`CheckpointMismatchError` unless step ``step``'s meta (already checked to
+        parse) records ``fingerprint``; reads no array."""
+        with open(os.path.join(self.directory, str(step), "meta", "metadata")) as f:
+            meta = json.load(f)
+        saved = meta.get("config_fingerprint") if isinstance(meta, dict) else None
+        if saved != fingerprint:
+            raise CheckpointMismatchError(
+                f"{self.directory} holds checkpoints of a run with another configuration "
+                f"(step {step}: config fingerprint {saved!r}, this run {fingerprint!r}); "
+                "nothing was changed. Use a new --workdir, or resume with the original config "
+                "(its config.json, if the workdir has one, lists the values)"
+            )
 
     def _restore_step(self, step: int, target: Any) -> dict:
         """``{"state", "meta"}`` of ``step`` laid out as ``target``.
@@ -266,6 +277,35 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+# Loggers of the libraries a restore goes through. A damaged step makes them log the failure
+# with its full traceback (hundreds of lines) although the run recovers; while one step is
+# probed they only pass CRITICAL records, and the reason is logged once, in one line.
+_LIBRARY_LOGGERS = ("absl", "orbax", "orbax.checkpoint", "tensorstore")
+_REASON_CHARS = 200
+
+
+@contextlib.contextmanager
+def _library_logs_quieted():
+    """Raises the library loggers (:data:`_LIBRARY_LOGGERS`) to CRITICAL for the block."""
+    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _first_line(error: BaseException) -> str:
+    """``Kind: the first line of the message``, at most :data:`_REASON_CHARS` characters
+    (tensorstore's messages go on with a many-line spec of the array)."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= _REASON_CHARS else text[:_REASON_CHARS - 3] + "..."
 
 
 def _path_names(path) -> tuple[str, ...]:
@@ -348,7 +388,7 @@ def _structure_problem(path: str, step: int) -> str | None:
 
 
 # Keys that do not change the training trajectory, so changing them keeps a run resumable.
-_NON_TRAJECTORY_KEYS = (
+NON_TRAJECTORY_KEYS = (
     ("eval", "batch_size"),
     ("eval", "top_k"),
     ("eval", "precision_ns"),
@@ -369,7 +409,7 @@ def config_fingerprint(config) -> str:
     import hashlib
 
     tree = config.to_dict()
-    for path in _NON_TRAJECTORY_KEYS:
+    for path in NON_TRAJECTORY_KEYS:
         node = tree
         for key in path[:-1]:
             node = node.get(key, {})

@@ -51,6 +51,7 @@ from fjsph_jax.evaluation import protocol
 from fjsph_jax.inputs import TrainingData, prepare_training_data
 from fjsph_jax.methods.base import ClosedFormMethod, GradientMethod, Method
 from fjsph_jax.training import guards, logs
+from fjsph_jax.training import workdir as workdir_lib
 from fjsph_jax.training.checkpointing import Checkpointer, config_fingerprint
 
 FITTED_STEP = 1  # the checkpoint step under which a closed-form method's fit is saved
@@ -91,7 +92,7 @@ def _write_config(config, workdir: str) -> None:
 def build_method(config, workdir: str, mesh) -> tuple[Method, TrainingData]:
     """Validates ``config``, reads the data and builds the method ``config.method`` names."""
     method_class = methods.get(config.get("method", "fjsph"))
-    validate_config(config, parallel.num_data_shards(mesh))
+    validate_config(config, parallel.num_batch_shards(mesh))
     towers = (
         encoders.load_pretrained_towers(config)  # checkpoint errors before data errors
         if method_class.needs_towers(config)
@@ -146,17 +147,21 @@ def train_and_evaluate(
     """
     validate_loop_config(config)
     with guards.PreemptionWatch() as preemption:  # from here on a SIGTERM saves and stops
-        mesh = parallel.make_mesh(devices)
-        os.makedirs(workdir, exist_ok=True)
-        method, data = build_method(config, workdir, mesh)
-        fingerprint = config_fingerprint(config)
-        state = method.init_state()
-        checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"),
-            max_to_keep=config.get("train", {}).get("max_checkpoints_to_keep", 2),
-            save_interval_steps=config.get("train", {}).get("checkpoint_every_steps", 1),
-        )
-        restored = checkpointer.restore(state, fingerprint=fingerprint)
+        mesh = parallel.make_mesh(devices, fsdp=config.get("train", {}).get("fsdp", 1))
+        # Before anything is written: the config, the workdir, and a run already in it.
+        validate_config(config, parallel.num_batch_shards(mesh))
+        workdir_lib.check_workdir(workdir)
+        workdir_lib.check_resume(config, workdir)
+        with workdir_lib.removed_on_failure(workdir):  # a run that never starts leaves none
+            method, data = build_method(config, workdir, mesh)
+            fingerprint = config_fingerprint(config)
+            state = method.init_state()
+            checkpointer = Checkpointer(
+                os.path.join(workdir, "checkpoints"),
+                max_to_keep=config.get("train", {}).get("max_checkpoints_to_keep", 2),
+                save_interval_steps=config.get("train", {}).get("checkpoint_every_steps", 1),
+            )
+            restored = checkpointer.restore(state, fingerprint=fingerprint)
         _write_config(config, workdir)
         log = logs.MetricsLog(
             workdir,
@@ -242,7 +247,7 @@ def _run_steps(method: GradientMethod, state, restored, data, checkpointer, log,
         print(
             f"{method.describe()} on {config.data.name} ({data.splits.sizes()}): "
             f"{total_steps} steps ({method.steps_per_epoch} per epoch) from step {start_step} "
-            f"on {parallel.num_data_shards(mesh)} device(s)"
+            f"on {parallel.num_batch_shards(mesh)} device(s)"
             + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""),
             flush=True,
         )

@@ -40,10 +40,25 @@ def as_float32(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def import_reader(module: str, path: str, install: str):
+    """``importlib.import_module(module)``; a :class:`CheckpointFormatError` naming ``path``
+    and ``pip install <install>`` when the package is not installed (a one-line user
+    error, not an ImportError traceback)."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise CheckpointFormatError(
+            f"{path}: reading this file needs the package {module.split('.')[0]!r}, which is "
+            f"not installed ({error}); run `pip install {install}`, or convert the checkpoint "
+            "on a machine that has it (launch/convert.py)") from None
+
+
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """All tensors of a ``.safetensors`` file, floats as float32."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    load_file = import_reader("safetensors.numpy", path, "safetensors").load_file
+    SafetensorError = import_reader("safetensors", path, "safetensors").SafetensorError
 
     try:
         arrays = load_file(path)
@@ -54,7 +69,8 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 def read_torch_file(path: str) -> dict[str, np.ndarray]:
     """All tensors of a torch checkpoint (pickle or TorchScript archive), floats as float32."""
-    import torch  # lazy: the runtime stays torch-free unless a .pt/.bin file is read
+    # lazy: the runtime stays torch-free unless a .pt/.bin file is read
+    torch = import_reader("torch", path, "'fjsph-jax[torch]' (a CPU build: see setup.py)")
 
     try:
         if _is_torchscript(path):

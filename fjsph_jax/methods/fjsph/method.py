@@ -74,6 +74,10 @@ def validate_fjsph_config(config, num_devices: int) -> None:
     cfg.choice("config.model.interaction", config.model.interaction, INTERACTIONS)
     cfg.choice("config.model.dtype", config.model.dtype, DTYPES)
     cfg.choice("config.train.mode", config.train.mode, TRAIN_MODES)
+    fsdp = config.train.get("fsdp", 1)
+    cfg.positive("config.train.fsdp", fsdp)
+    if num_devices % fsdp:
+        raise cfg.ConfigError(f"config.train.fsdp={fsdp} must divide the {num_devices} devices")
     cfg.positive("config.codes.updates_per_epoch", config.codes.get("updates_per_epoch", 1))
     cfg.choice("config.loss.similarity_form", config.loss.similarity_form, SIMILARITY_FORMS)
     cfg.in_range("config.model.mask_ratio", config.model.mask_ratio, 0.0, 1.0, high_open=True)
@@ -108,6 +112,35 @@ def validate_fjsph_config(config, num_devices: int) -> None:
                             None if features else config.data.num_train)
     if config.loss.eta > 0 and not ks:
         raise cfg.ConfigError("config.loss.eta > 0 needs at least one k in config.loss.cluster_ks")
+    validate_fjsph_numbers(config)
+
+
+def validate_fjsph_numbers(config) -> None:
+    """The FJSPH keys that are plain numbers, flags and paths: types and ranges."""
+    model, train, loss, codes = config.model, config.train, config.loss, config.codes
+    cfg.positive("config.model.hash_hidden_dim", model.hash_hidden_dim)
+    cfg.positive("config.model.interaction_layers", model.interaction_layers)
+    cfg.positive("config.model.interaction_heads", model.interaction_heads)
+    if model.interaction == "transformer" and model.feature_dim % model.interaction_heads:
+        raise cfg.ConfigError(
+            f"config.model.interaction_heads={model.interaction_heads} must divide "
+            f"config.model.feature_dim={model.feature_dim}")
+    from fjsph_jax.encoders import compute_options
+
+    compute_options(config)  # attention, remat, scan_layers
+    cfg.string("config.init.checkpoint", config.init.checkpoint)
+    cfg.boolean("config.init.from_scratch", config.init.get("from_scratch", False))
+    cfg.positive_number("config.train.encoder_learning_rate", train.encoder_learning_rate)
+    cfg.integer("config.train.warmup_steps", train.warmup_steps, 0)
+    cfg.non_negative("config.train.weight_decay", train.weight_decay)
+    cfg.positive_number("config.train.grad_clip_norm", train.grad_clip_norm)
+    cfg.positive_number("config.loss.likelihood_scale", loss.likelihood_scale)
+    cfg.positive("config.loss.kmeans_iters", loss.kmeans_iters)
+    every = codes.update_every_steps
+    if not isinstance(every, int) or isinstance(every, bool) or (every < 1 and every != -1):
+        raise cfg.ConfigError(
+            f"config.codes.update_every_steps={every!r} must be -1 (steps per epoch / "
+            "config.codes.updates_per_epoch) or a positive integer")
 
 
 def code_update_every(config, steps_per_epoch: int) -> int:
@@ -147,7 +180,9 @@ def encode_rows(encode_fn: Callable, params, source, rows: np.ndarray, *, batch_
 
 
 def state_shardings(state: TrainState, mesh, num_train: int | None = None) -> TrainState:
-    """Params/optimiser/statistics replicated, code-bank rows split over ``data``.
+    """Params and optimiser state: :func:`fjsph_jax.parallel.param_shardings` (replicated
+    on a ``('data',)`` mesh, split over ``fsdp`` on a ``('data', 'fsdp')`` one); step, key
+    and bank statistics replicated; code-bank rows split over the batch axes.
 
     ``state`` may be abstract (``jax.eval_shape``); the bank's rows are its arrays' length
     (padded to a multiple of the device count; ``num_train`` is not needed).
@@ -156,8 +191,8 @@ def state_shardings(state: TrainState, mesh, num_train: int | None = None) -> Tr
     rep = parallel.replicated(mesh)
     rows = parallel.rows_sharding(mesh, state.bank.codes.shape[0])
     return TrainState(
-        params=jax.tree.map(lambda _: rep, state.params),
-        opt_state=jax.tree.map(lambda _: rep, state.opt_state),
+        params=parallel.param_shardings(state.params, mesh),
+        opt_state=parallel.param_shardings(state.opt_state, mesh),
         bank=jax.tree.map(lambda _: rows, state.bank),
         step=rep,
         rng=rep,
@@ -198,7 +233,7 @@ def create_train_state(config, make_params: Callable, args, optimizer, num_train
     num_rows = parallel.padded_num_rows(num_train, mesh)
     if sim is not None and sim.num_items != num_rows:
         raise ValueError(f"sim has {sim.num_items} rows, the bank {num_rows} "
-                         f"({num_train} padded for {parallel.num_data_shards(mesh)} devices): "
+                         f"({num_train} padded for {parallel.num_batch_shards(mesh)} devices): "
                          "pad it with pad_similarity_for(sim, mesh)")
 
     def create(args, sim):
@@ -224,7 +259,7 @@ def create_train_state(config, make_params: Callable, args, optimizer, num_train
 def init_train_state(config, model, optimizer, num_train: int, mesh,
                      sim: similarity_lib.JointSimilarity | None = None) -> TrainState:
     """Fresh state on the mesh for an existing ``model`` (its parameters are copied):
-    params/opt replicated, bank rows split over ``data`` (see :func:`create_train_state`;
+    shardings of :func:`state_shardings` (see :func:`create_train_state`;
     FJSPHMethod builds the model inside the jit instead)."""
     _, params = nnx.split(model)
     return create_train_state(config, lambda p: p, (params,), optimizer, num_train, mesh, sim)

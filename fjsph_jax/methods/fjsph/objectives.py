@@ -209,12 +209,13 @@ def bank_similarity_dense(h_bk, codes_nk, s_bn, *, form: str = "mse", floor: flo
 
 
 def symmetric_infonce_sharded(image_emb_bd, text_emb_bd, log_logit_scale, *, mesh,
-                              axis_name: str = "data",
+                              axis_name: str | tuple[str, ...] = "data",
                               max_log_scale: float = math.log(100.0)) -> jax.Array:
     """:func:`symmetric_infonce` over the global batch, each device holding only its own
     rows of the ``[B, B]`` logits.
 
-    ``jax.shard_map`` over ``axis_name``: each of the d devices normalises its B/d rows of
+    ``jax.shard_map`` over ``axis_name`` (one mesh axis, or a tuple of them: the batch is
+    then split over their product): each of the d devices normalises its B/d rows of
     both embeddings, all-gathers the (small) normalised embeddings [B, D], computes its
     [B/d, B] logit rows for image -> text (its images against every text) and for
     text -> image (its texts against every image: columns of the full logits), sums the
@@ -236,7 +237,8 @@ def symmetric_infonce_sharded(image_emb_bd, text_emb_bd, log_logit_scale, *, mes
         raise ValueError(f"image_emb_bd and text_emb_bd must have the same batch size, "
                          f"got {image.shape} and {text.shape}")
     batch = image.shape[0]
-    devices = mesh.shape[axis_name]
+    axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
+    devices = math.prod(mesh.shape[a] for a in axes)
     if batch % devices:
         raise ValueError(f"the batch of {batch} rows does not split over the {devices} "
                          f"devices of mesh axis {axis_name!r}")

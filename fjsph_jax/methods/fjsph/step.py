@@ -55,7 +55,7 @@ import optax
 from flax import nnx
 
 from fjsph_jax.methods.fjsph import code_bank as bank_lib
-from fjsph_jax import similarity
+from fjsph_jax import parallel, similarity
 from fjsph_jax.methods.fjsph import objectives
 from fjsph_jax.data.preprocess import normalize_images
 
@@ -63,8 +63,8 @@ from fjsph_jax.data.preprocess import normalize_images
 class TrainState(NamedTuple):
     """Everything a resumed run needs (a pytree; saved whole by orbax)."""
 
-    params: Any  # nnx.State of the model's Params, replicated
-    opt_state: Any  # optax state, replicated
+    params: Any  # nnx.State of the model's Params: replicated, or split over 'fsdp'
+    opt_state: Any  # optax state, sharded like the params
     bank: bank_lib.CodeBank  # B, F, G: [N, K] rows sharded over 'data' (N padded)
     step: jax.Array  # int32 scalar: completed steps (= the data position)
     rng: jax.Array  # uint32 [2] base key; step keys are fold_in(rng, step)
@@ -90,8 +90,9 @@ class StepSettings:
     quantization_weight: float
     balance_weight: float
     fused_weight: float
-    # The device mesh: the contrastive term then runs under shard_map over its 'data'
-    # axis. None: the plain [B, B] formula (XLA partitions it as it likes).
+    # The device mesh: the contrastive term then runs under shard_map over its batch
+    # axes ('data', and 'fsdp' if it has one). None: the plain [B, B] formula (XLA
+    # partitions it as it likes).
     mesh: Any = None
     # Reference / benchmark only: the bank and in-batch similarity terms the direct way,
     # from S(idx, :) [B, N] (the step before the low-rank path; O(B N) per step).
@@ -126,7 +127,8 @@ class StepSettings:
         if self.mesh is None:
             return objectives.symmetric_infonce(e_img, e_txt, log_logit_scale)
         return objectives.symmetric_infonce_sharded(e_img, e_txt, log_logit_scale,
-                                                    mesh=self.mesh)
+                                                    mesh=self.mesh,
+                                                    axis_name=parallel.batch_axis_name(self.mesh))
 
 
 def tower_features(model, batch: dict, settings: StepSettings, mask_key, *, train: bool):

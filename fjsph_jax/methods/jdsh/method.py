@@ -29,7 +29,6 @@ Unsupervised: training never reads the labels (only the evaluation does).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -63,12 +62,6 @@ class TrainState(NamedTuple):
     step: jax.Array  # int32 scalar: completed steps (= the data position)
 
 
-def _number(key: str, value) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(
-            value):
-        raise cfg.ConfigError(f"{key}={value!r} must be a finite number")
-
-
 def validate_jdsh_config(config, num_devices: int) -> None:
     """``config.train`` (shared loop keys + ``momentum``, ``weight_decay``) and ``config.jdsh``."""
     cfg.validate_training(config, num_devices)
@@ -77,31 +70,25 @@ def validate_jdsh_config(config, num_devices: int) -> None:
         if key not in train:
             raise cfg.ConfigError(f"config.train.{key} is missing (JDSH: 0.9 and 5e-4)")
     cfg.in_range("config.train.momentum", train.momentum, 0.0, 1.0, high_open=True)
+    for key in ("learning_rate", "weight_decay"):
+        cfg.finite(f"config.train.{key}", train[key])
     cfg.non_negative("config.train.weight_decay", train.weight_decay)
-    features = config.data.get("features", "")
-    if not features:
-        raise cfg.ConfigError(
-            "config.data.features is empty, but JDSH hashes feature vectors: give "
-            "--config.data.features=PATH (a .mat / .npz feature file, e.g. written by "
-            "`python launch/encode.py --features=PATH --config=...`) or "
-            "--config.data.features=handcrafted (colour histograms + bag of words)"
-        )
+    cfg.require_features(config, "JDSH")
     if "jdsh" not in config:
         raise cfg.ConfigError("config.jdsh is missing: start from configs/jdsh_*.py")
     jdsh = config.jdsh
-    for key in (*objective.AUTHOR_KEYS, "text_hidden_dim", "dsdw", "fit_batches"):
-        if key not in jdsh:
-            raise cfg.ConfigError(f"config.jdsh.{key} is missing (see configs/jdsh_mirflickr.py)")
+    cfg.require_keys(jdsh, "config.jdsh", (*objective.AUTHOR_KEYS, "text_hidden_dim", "dsdw",
+                                           "fit_batches"), "configs/jdsh_mirflickr.py")
     cfg.positive("config.jdsh.text_hidden_dim", jdsh.text_hidden_dim)
     cfg.choice("config.jdsh.dsdw", jdsh.dsdw, objective.DSDW_MODES)
     cfg.positive("config.jdsh.fit_batches", jdsh.fit_batches)
     for key in ANY_SIGN_KEYS:
-        _number(f"config.jdsh.{key}", jdsh[key])
+        cfg.finite(f"config.jdsh.{key}", jdsh[key])
     for key in NON_NEGATIVE_KEYS:
-        _number(f"config.jdsh.{key}", jdsh[key])
+        cfg.finite(f"config.jdsh.{key}", jdsh[key])
         cfg.non_negative(f"config.jdsh.{key}", jdsh[key])
     for key in POSITIVE_KEYS:
-        _number(f"config.jdsh.{key}", jdsh[key])
+        cfg.finite(f"config.jdsh.{key}", jdsh[key])
         cfg.positive_number(f"config.jdsh.{key}", jdsh[key])
 
 

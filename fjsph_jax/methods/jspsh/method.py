@@ -41,15 +41,24 @@ def params_from_config(jspsh, cluster_ks) -> solver.JSPSHParams:
     )
 
 
+JSPSH_KEYS = ("mu", "alpha", "omega", "beta", "theta", "lam", "iterations", "sparsity",
+              "anchors", "cluster_ks", "kmeans_iters")
+
+
 def validate_jspsh_config(config) -> None:
-    """``config.jspsh``: weights >= 0, iterations / anchors / ks positive, a sparsity whose
-    code dimension ``bits / sparsity`` is a whole number."""
+    """``config.data.features`` set, and ``config.jspsh``: every key present, finite weights >= 0, a finite ridge > 0,
+    iterations / anchors / ks positive integers, a sparsity whose code dimension
+    ``bits / sparsity`` is a whole number, a known dtype."""
     if "jspsh" not in config:
         raise cfg.ConfigError("config.method='jspsh' needs a config.jspsh section: start from "
                               "configs/jspsh.py")
+    cfg.require_features(config, "JSPSH")
     j = config.jspsh
+    cfg.require_keys(j, "config.jspsh", JSPSH_KEYS, "configs/jspsh.py")
     for key in ("mu", "alpha", "omega", "beta", "theta"):
+        cfg.finite(f"config.jspsh.{key}", j[key])
         cfg.non_negative(f"config.jspsh.{key}", j[key])
+    cfg.finite("config.jspsh.lam", j.lam)
     cfg.positive_number("config.jspsh.lam", j.lam)
     cfg.positive("config.jspsh.iterations", j.iterations)
     cfg.positive("config.jspsh.anchors", j.anchors)
@@ -64,10 +73,10 @@ def validate_jspsh_config(config) -> None:
             f"config.bits / config.jspsh.sparsity = {config.bits} / {j.sparsity} = {dim:g} "
             "must be a whole number (the code dimension)")
     cfg.choice("config.jspsh.dtype", j.get("dtype", "float32"), DTYPES)
+    if not isinstance(j.cluster_ks, (tuple, list)) or not tuple(j.cluster_ks):
+        raise cfg.ConfigError(f"config.jspsh.cluster_ks={j.cluster_ks!r} must be a non-empty "
+                              "tuple of k-means sizes such as (100, 200, 500)")
     cfg.validate_cluster_ks("config.jspsh", tuple(j.cluster_ks), (), None)
-    if not tuple(j.cluster_ks):
-        raise cfg.ConfigError("config.jspsh.cluster_ks is empty; give k-means sizes such as "
-                              "(100, 200, 500)")
 
 
 class JSPSHMethod(ClosedFormMethod):
