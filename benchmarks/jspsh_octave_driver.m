@@ -22,8 +22,11 @@ function jspsh_octave_driver(job_path)
 %   mode         'independent' or 'shared'
 %   seed         RNG seed ('independent'): rand/randn state
 %   repeats      (optional, default 1) times each training runs; the fastest is reported
+%   shim_dir     (optional) directory with a randperm.m capping k at n, put first on the
+%                path when n < their hard-coded anchor count
+%   cluster_ids  [m, n] 1-based cluster ids (replaces their kmeans; required for
+%                'shared', optional for 'independent')
 %   For 'shared' only:
-%   cluster_ids  [m, n] 1-based cluster ids (replaces their kmeans)
 %   init_paths   cell of .mat paths, one per bits, each with H0 [n, K], sel_idx
 %                [1, anchors] (1-based), YW0 [dY, K], pad_noise [iter, n, K] (Gaussian)
 %
@@ -60,6 +63,11 @@ function jspsh_octave_driver(job_path)
   warning('off', 'all');
   pkg load statistics
   addpath(char(job.authors_dir));
+  if isfield(job, 'shim_dir')
+    % randperm(n, k) with k capped at n: n < their hard-coded 1000 anchors (see
+    % benchmarks/jspsh_vs_octave.py); added last, so it comes first on the path.
+    addpath(char(job.shim_dir));
+  end
   data = load(char(job.data_path));
   mode = char(job.mode);
   out_dir = char(job.out_dir);
@@ -100,9 +108,16 @@ function jspsh_octave_driver(job_path)
     if anchors ~= 1000 && anchors ~= 5000
       error('independent mode: their train_JSPSH hard-codes 1000 (or 5000) anchors');
     end
-    for j = 1:numel(km)
-      [a, ~] = kmeans(LTrain, km(j), 'Distance', 'cosine');
-      LSet{j} = full(sparse(1:n, a, 1, n, km(j)));
+    if isfield(job, 'cluster_ids')   % given clusters (benchmarks: --our_clusters)
+      ids = double(job.cluster_ids);
+      for j = 1:numel(km)
+        LSet{j} = full(sparse(1:n, ids(j, :), 1, n, km(j)));
+      end
+    else
+      for j = 1:numel(km)
+        [a, ~] = kmeans(LTrain, km(j), 'Distance', 'cosine');
+        LSet{j} = full(sparse(1:n, a, 1, n, km(j)));
+      end
     end
   else
     ids = double(job.cluster_ids);

@@ -3,7 +3,7 @@
     python benchmarks/jspsh_vs_octave.py [--synthetic | --features=PATH.mat|.npz]
         [--bits=16,32,64] [--shared_init] [--seeds=3] [--float64] [--json=OUT]
         [--n_train=4000 --n_query=500] [--authors_dir=DIR] [--keep_dir=DIR]
-        [--repeats=1] [--openblas_threads=1]
+        [--repeats=1] [--openblas_threads=1] [--polar=auto|gram|qr] [--reuse_octave]
 
 Both sides read the same data (keys I_tr, T_tr, L_tr = training set = retrieval
 database, I_te, T_te, L_te = queries; ``--synthetic`` generates a clustered multi-label
@@ -20,11 +20,26 @@ Modes:
   ``jax.random.key(seed)``, Octave from ``rand/randn('state', seed)``: k-means, H0, the
   H-step padding, the anchors, W_Y0); differences are seed noise, so ``--seeds`` runs
   show the spread of each side.
+* ``--our_clusters`` (independent mode): both sides use our k-means clusterings (seeded
+  by ``seed``), everything else as in the default mode (Octave: their ``train_JSPSH.m``
+  unchanged); separates the k-means implementations from the rest of the solver.
 * ``--shared_init``: the label clusterings (our cosine k-means), H0, the padding noise,
   the anchors and W_Y0 are drawn here and given to both; Octave runs the driver's copy of
   their loop (see the header of the .m file for its four documented differences) and the
   codes should agree closely: the table adds the fraction of training-code ones (and of
   query-code ones) that agree.
+
+Small training sets (the 730-pair mini MIRFlickr):
+
+* a bit length is run only when ``kdim = bits / sparsity < n``: the authors' code learns
+  codes only ``if kdim < n`` (``orth(rand(n, kdim))`` has at most n columns) and
+  otherwise fails at ``B(sel_idx, :)`` with B undefined; skipped lengths are listed in
+  the output (``skipped_bits``) with that reason;
+* anchors: their ``train_JSPSH.m`` hard-codes ``sel_num = 1000`` (5000 for NUS-WIDE), and
+  ``randperm(n, 1000)`` fails for n < 1000.  When ``--anchors`` exceeds n, both sides use
+  all n training rows as anchors: ours with ``anchors = n``, Octave through a
+  ``randperm.m`` placed first on its path that caps k at n (``randperm(n, min(k, n))``;
+  their files are not edited).
 
 MAP is the authors' ``mAP.m`` (relevant = shares a label; MAP@R divides by the number of
 relevant items within the top R), ranking by inner product descending with ties in
@@ -37,7 +52,11 @@ Octave's covers the same stages (k-means + train + rsign of the queries) measure
 tic/toc inside Octave (``octave_process_s`` is the whole process, start-up and loading
 included).  ``speed_ratio`` = Octave / ours (wall), ``cpu_ratio`` the same in CPU
 seconds (all threads; less sensitive to other load on a shared machine).  With
-``--repeats=R`` both sides time R training runs and report the fastest.
+``--repeats=R`` both sides time R training runs and report the fastest.  Every row records
+the 1-minute load average when it was timed.  ``--reuse_octave`` (with ``--keep_dir``)
+reads Octave's results of an earlier run in the same directory instead of running it
+again (the rows say so: ``octave_reused``; their speed ratios then compare runs made at
+different times, so quote speed only from rows without it).
 """
 
 from __future__ import annotations
@@ -169,11 +188,46 @@ def run_octave(job_path, out_dir):
     if not os.path.exists(os.path.join(out_dir, "results.json")):
         raise RuntimeError(f"octave failed (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                            f"{proc.stderr[-3000:]}")
+    return read_octave_results(out_dir), wall
+
+
+def read_octave_results(out_dir):
+    """``{bits: result}`` from the driver's results.json in ``out_dir``."""
     with open(os.path.join(out_dir, "results.json")) as f:
         results = json.load(f)["results"]
     if isinstance(results, dict):
         results = [results]
-    return {int(r["bits"]): r for r in results}, wall
+    return {int(r["bits"]): r for r in results}
+
+
+def write_randperm_shim(directory):
+    """A ``randperm.m`` that caps k at n (``randperm(n, min(k, n))``), for training sets
+    smaller than the authors' hard-coded anchor count; returns ``directory``."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "randperm.m"), "w") as f:
+        f.write("function p = randperm(n, k)\n"
+                "% Caps k at n (benchmarks/jspsh_vs_octave.py: fewer than 1000 training\n"
+                "% rows, where train_JSPSH.m asks for 1000 anchors).\n"
+                "  if nargin < 2\n    k = n;\n  end\n"
+                "  p = builtin('randperm', n, min(k, n));\n"
+                "end\n")
+    return directory
+
+
+def valid_bits(bits_list, n, sparsity):
+    """``(bits with kdim = bits / sparsity < n, reasons for the others)``."""
+    from fjsph_jax.methods.jspsh import solver
+
+    valid, skipped = [], []
+    for bits in bits_list:
+        kdim = solver.code_dim(bits, sparsity)
+        if kdim < n:
+            valid.append(bits)
+        else:
+            skipped.append(f"{bits} bits: kdim = {bits} / {sparsity} = {kdim} >= n = {n} "
+                           "training rows (the authors' train_JSPSH.m learns codes only if "
+                           "kdim < n, the orthonormal H [n, kdim] needs n >= kdim)")
+    return valid, skipped
 
 
 def octave_codes(out_dir, bits):
@@ -181,7 +235,7 @@ def octave_codes(out_dir, bits):
     import scipy.io
 
     mat = scipy.io.loadmat(os.path.join(out_dir, f"codes_{bits}.mat"))
-    return {k: np.asarray(mat[k], np.float64) for k in ("B", "BxTest", "ByTest")}
+    return {k: np.asarray(mat[k], np.float64) for k in ("B", "BxTest", "ByTest", "XW", "YW")}
 
 
 # ----------------------------------------------------------------------------- ours
@@ -267,6 +321,14 @@ def main(argv=None):
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--openblas_threads", default="1",
                         help="OPENBLAS_NUM_THREADS for our process ('' = leave as is)")
+    parser.add_argument("--polar", default="auto", choices=("auto", "gram", "qr"),
+                        help="our H step's polar factor (JSPSHParams.polar); the driver's "
+                             "shared loop takes an SVD of Z V_keep, which 'qr' matches")
+    parser.add_argument("--our_clusters", action="store_true",
+                        help="independent mode, but both sides use our k-means clusters "
+                             "(Octave: their train_JSPSH unchanged on them)")
+    parser.add_argument("--reuse_octave", action="store_true",
+                        help="reuse Octave's results.json in --keep_dir when present")
     args = parser.parse_args(argv)
 
     import jax
@@ -275,13 +337,23 @@ def main(argv=None):
 
     from fjsph_jax.methods.jspsh import solver
 
-    bits_list = [int(b) for b in args.bits.split(",")]
     data = load_features(args.features) if args.features else synthetic(
         n_train=args.n_train, n_query=args.n_query)
+    n_train = int(data["L_tr"].shape[0])
+    bits_list, skipped = valid_bits([int(b) for b in args.bits.split(",")], n_train,
+                                    solver.JSPSHParams().sparsity)
+    for note in skipped:
+        print("skipped:", note)
+    if not bits_list:
+        raise SystemExit("no bit length is valid for this training set size")
     ks, note = solver.cap_cluster_ks(data["L_tr"], [int(k) for k in args.km.split(",")])
     if note:
         print("note:", note)
-    params = solver.JSPSHParams(anchors=args.anchors, cluster_ks=ks)
+    anchors = min(args.anchors, n_train)
+    if anchors < args.anchors:
+        print(f"note: anchors {args.anchors} > n = {n_train}: both sides use all {n_train} "
+              "training rows as anchors")
+    params = solver.JSPSHParams(anchors=anchors, cluster_ks=ks, polar=args.polar)
     work = args.keep_dir or tempfile.mkdtemp(prefix="jspsh_vs_octave_")
     os.makedirs(work, exist_ok=True)
     authors = args.authors_dir or extract_authors(os.path.join(work, "authors"))
@@ -294,15 +366,20 @@ def main(argv=None):
            "iter": float(params.iterations), "sf": params.sparsity,
            "anchors": float(params.anchors), "km": np.array(ks, float),
            "repeats": float(args.repeats)}
+    if anchors < args.anchors:
+        job["shim_dir"] = write_randperm_shim(os.path.join(work, "shim"))
+        job["anchors"] = float(args.anchors)  # their hard-coded count, capped by the shim
     info = {"machine": common.machine(), "n_train": int(data["L_tr"].shape[0]),
             "n_query": int(data["L_te"].shape[0]), "dims": [int(data["I_tr"].shape[1]),
                                                           int(data["T_tr"].shape[1])],
             "classes": int(data["L_tr"].shape[1]), "cluster_ks": list(ks),
             "mode": "shared_init" if args.shared_init else "independent",
-            "ours_dtype": "float64" if args.float64 else "float32",
+            "our_clusters": bool(args.our_clusters),
+            "ours_dtype": "float64" if args.float64 else "float32", "polar": args.polar,
             "data": args.features or "synthetic",
             "ours_openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
-            "octave_openblas_threads": _ORIGINAL_OPENBLAS, "rows": []}
+            "octave_openblas_threads": _ORIGINAL_OPENBLAS, "anchors": anchors,
+            "skipped_bits": skipped, "rows": []}
     for seed in seeds:
         out_dir = os.path.join(work, f"octave_seed{seed}")
         os.makedirs(out_dir, exist_ok=True)
@@ -322,9 +399,19 @@ def main(argv=None):
             job_seed["init_paths"] = np.array(paths, dtype=object)
         else:
             job_seed.update(mode="independent")
+            if args.our_clusters:
+                clusters = solver.cluster_labels(data["L_tr"], ks, jax.random.key(seed),
+                                                 num_iters=params.kmeans_iters)
+                job_seed["cluster_ids"] = np.asarray(clusters.ids, float) + 1
+                for bits in bits_list:
+                    inits[bits] = solver.JSPSHInit(clusters=clusters)
         job_path = os.path.join(work, f"job_seed{seed}.mat")
         scipy.io.savemat(job_path, job_seed)
-        octave_results, octave_wall = run_octave(job_path, out_dir)
+        reused = args.reuse_octave and os.path.exists(os.path.join(out_dir, "results.json"))
+        if reused:
+            octave_results, octave_wall = read_octave_results(out_dir), float("nan")
+        else:
+            octave_results, octave_wall = run_octave(job_path, out_dir)
 
         for bits in bits_list:
             key = jax.random.key(seed)
@@ -349,7 +436,9 @@ def main(argv=None):
                    "octave_times": times, "octave_process_s": octave_wall,
                    "speed_ratio": octave_s / warm, "ours_cpu_s": warm_cpu,
                    "octave_cpu_s": octave_cpu_s, "cpu_ratio": octave_cpu_s / warm_cpu,
-                   "ours_h_ranks": [int(r) for r in np.asarray(state.h_ranks)]}
+                   "ours_h_ranks": [int(r) for r in np.asarray(state.h_ranks)],
+                   "octave_reused": reused,
+                   "load_average_1min": round(os.getloadavg()[0], 2)}
             if args.shared_init:
                 r = bits * b.shape[0]
                 row["B_agreement"] = float(np.sum(b * oct_codes["B"]) / r)
@@ -357,6 +446,12 @@ def main(argv=None):
                     (np.sum(qi * oct_codes["BxTest"]) + np.sum(qt * oct_codes["ByTest"]))
                     / (2 * bits * qi.shape[0]))
                 row["octave_h_ranks"] = [int(v) for v in np.atleast_1d(oct_r["h_ranks"])]
+                # max |W_ours - W_octave| / max |W_octave| (the hash functions, which
+                # depend continuously on B: ~1e-12 when B agrees exactly in float64)
+                row["W_rel_diff"] = max(
+                    float(np.max(np.abs(np.asarray(w, np.float64) - oct_codes[k]))
+                          / np.max(np.abs(oct_codes[k])))
+                    for w, k in ((state.image_W, "XW"), (state.text_W, "YW")))
             info["rows"].append(row)
             print(format_row(row, args.shared_init), flush=True)
 
@@ -377,7 +472,8 @@ def format_row(row, shared):
             f"{row['octave_s']:.2f}s x{row['speed_ratio']:.2f} (CPU s ours "
             f"{row['ours_cpu_s']:.1f} octave {row['octave_cpu_s']:.1f})")
     if shared:
-        text += f" | B agree {row['B_agreement']:.4f} queries {row['query_agreement']:.4f}"
+        text += (f" | B agree {row['B_agreement']:.4f} queries {row['query_agreement']:.4f}"
+                 f" W rel diff {row['W_rel_diff']:.1e}")
     return text
 
 

@@ -123,7 +123,7 @@ def _kmeans_plus_plus(points_nd, k: int, key):
     """
     num_points = points_nd.shape[0]
     first_key, rest_key = jax.random.split(key)
-    first = jax.random.randint(first_key, (), 0, num_points)
+    first = jax.random.randint(first_key, (), 0, num_points, dtype=jnp.int32)
     chosen = jnp.zeros((num_points,), bool).at[first].set(True)
     min_d2 = jnp.sum((points_nd - points_nd[first]) ** 2, axis=1)
     indices = jnp.zeros((k,), jnp.int32).at[0].set(first)
@@ -135,7 +135,7 @@ def _kmeans_plus_plus(points_nd, k: int, key):
         logits = jnp.where(chosen, -jnp.inf,
                            jnp.where(any_mass, jnp.log(weights), 0.0))
         pick = jax.random.categorical(jax.random.fold_in(rest_key, i), logits)
-        indices = indices.at[i].set(pick)
+        indices = indices.at[i].set(pick.astype(jnp.int32))
         chosen = chosen.at[pick].set(True)
         min_d2 = jnp.minimum(min_d2, jnp.sum((points_nd - points_nd[pick]) ** 2, axis=1))
         return indices, chosen, min_d2

@@ -44,8 +44,11 @@ Where this differs from the authors' code (all documented at the function):
   ``orth(randn) * orth(VV(:, ~index))'``, but independent of the null-space basis, so it
   is reproducible from a shared G).
 * B step: the constant ``theta n r / K`` is not added (it cannot change a top-r).
-* float32: the polar factor goes through a QR of Z (their ``svd(Z'*Z)`` squares Z's
-  condition number, ~1e7 at 64 bits: hopeless in float32).
+* The polar factor goes through a QR of Z (their ``svd(Z'*Z)`` squares Z's condition
+  number, ~1e7 at 64 bits: hopeless in float32, and in float64 off by ~eps cond^2 in the
+  weak directions); the rank of B comes from a float64 ``eigh`` of its exact Gram
+  (:func:`code_range`).
+* Hash functions: the rounds use precomputed inverses (:func:`learn_hash_functions`).
 * Validation: K >= n and anchors > n raise (their code fails later or silently).
 * Random streams are ``jax.random``'s; everything random can be passed in
   (:class:`JSPSHInit`) to reproduce a run elsewhere.  With the same inputs and float64
@@ -106,8 +109,11 @@ class JSPSHParams(NamedTuple):
       polar: how the H step computes the polar factor: ``"gram"`` (eigen-decomposition
         of ``Z^T Z`` in the row-space basis, like the authors' ``svd(Z'*Z)``; squares the
         condition number of Z, ~1e7 at 64 bits), ``"qr"`` (Householder QR of Z then SVD
-        of the K x K factor: backward stable, ~2x the flops) or ``"auto"``: ``"gram"``
-        for float64, ``"qr"`` for float32.
+        of the K x K factor: backward stable, ~2x the flops) or ``"auto"`` = ``"qr"``.
+        Even float64 needs qr on real features: on the demo's hand-crafted features
+        (n = 4000, 64 bits) gram's error in the weak directions of Z (~eps cond(Z)^2)
+        flipped 2.2% of the code ones against an SVD of Z V_keep from the same inputs,
+        qr flipped none (docs/benchmarks.md, JSPSH versus Octave).
       kmeans_iters: maximum Lloyd iterations of the cosine k-means (MATLAB: 100).
     """
 
@@ -265,8 +271,9 @@ def initial_h(key, *, num_items: int, kdim: int, bits: int, dtype=jnp.float32):
 
 
 def _resolve_polar(polar: str, dtype) -> str:
+    del dtype  # both dtypes: see JSPSHParams.polar
     if polar == "auto":
-        return "gram" if jnp.dtype(dtype) == jnp.float64 else "qr"
+        return "qr"
     if polar not in ("gram", "qr"):
         raise ValueError(f"polar must be 'auto', 'gram' or 'qr', got {polar!r}")
     return polar
@@ -278,6 +285,11 @@ def _symmetric_power(g, power):
     lam, e = jnp.linalg.eigh(g)
     lam = jnp.maximum(lam, jnp.finfo(g.dtype).tiny)
     return _mm(e * (lam**power)[None, :], e.T)
+
+
+def _x64_enabled() -> bool:
+    """Whether float64 arrays can be made here (x64 enabled where this is traced)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.dtype(jnp.float64)
 
 
 def code_range(codes, rank_rtol: float | None = None, polar: str = "auto"):
@@ -292,16 +304,29 @@ def code_range(codes, rank_rtol: float | None = None, polar: str = "auto"):
     ``s > sqrt(K) eps s_max``.  An explicit ``rank_rtol`` is compared with ``s / s_max``
     in both cases.
 
+    Where x64 is enabled (:func:`fit` enables it around the code learning) the float32
+    path uses neither: ``B^T B`` is formed in the working dtype (counts <= n < 2^24, so
+    exact in float32), cast to float64 and eigen-decomposed there, keeping
+    ``lam > K eps64 lam_max``: the round-off (~1e-13 lam_max) is far below the smallest
+    nonzero eigenvalue (~1e-6 lam_max at 64 bits), and one float64 [K, K] ``eigh``
+    costs less than the QR of the [n, K] B plus the SVD of its R (profiled at n = 4000,
+    K = 1280: 0.36 vs 0.89 CPU s).  V is returned in the working dtype.
+
     Returns:
       ``(V [K, K] orthonormal, keep bool [K])``: ``V[:, keep]`` spans the row space of B
-      and ``V[:, ~keep]`` its null space.  Traceable.
+      and ``V[:, ~keep]`` its null space; columns in descending order of the singular
+      value, so the kept ones come first.  Traceable.
     """
     kdim = codes.shape[1]
-    eps = float(jnp.finfo(codes.dtype).eps)
-    if _resolve_polar(polar, codes.dtype) == "gram":
-        lam, v = jnp.linalg.eigh(_mm(codes.T, codes))
+    method = _resolve_polar(polar, codes.dtype)
+    if method == "gram" or _x64_enabled():
+        wide = jnp.float64 if _x64_enabled() else codes.dtype
+        lam, v = jnp.linalg.eigh(_mm(codes.T, codes).astype(wide))
+        lam, v = lam[::-1], v[:, ::-1]      # descending, like svd: kept directions first
+        eps = float(jnp.finfo(wide).eps)
         rtol = kdim * eps if rank_rtol is None else rank_rtol**2
-        return v, lam > rtol * jnp.max(lam)
+        return v.astype(codes.dtype), lam > rtol * jnp.max(lam)
+    eps = float(jnp.finfo(codes.dtype).eps)
     _, r_factor = jnp.linalg.qr(codes)
     _, sv, vt = jnp.linalg.svd(r_factor)
     rtol = math.sqrt(kdim) * eps if rank_rtol is None else rank_rtol
@@ -326,7 +351,7 @@ def polar_with_padding(z, codes, pad_noise, *, rank_rtol: float | None = None,
       (``polar="gram"``, one [K, K] Gram of Z) or ``Q polar(R)`` from the QR of
       ``Z V_keep`` (``"qr"``: error ~eps relative to the largest singular value instead
       of its square; Z's condition number reaches ~1e7 at 64 bits, so float32 needs
-      it; ``"auto"`` = gram for float64, qr otherwise).
+      it; ``"auto"`` = qr).
     * the padding is ``polar(G V_drop) V_drop^T`` for a Gaussian G [n, K]
       (``pad_noise``): ``polar(G V_drop)`` is a Haar-random orthonormal [n, K - rank]
       like ``orth(randn(n, K - rank))``, and writing it this way makes the result
@@ -337,8 +362,12 @@ def polar_with_padding(z, codes, pad_noise, *, rank_rtol: float | None = None,
 
     Fixed shapes (jit-able): kept / dropped directions are masks over the K basis
     vectors, the masked blocks are completed with identities, and the padding runs under
-    a ``lax.cond`` only when a direction was dropped.  Cost: 3 (gram) or 6 (qr) [n, K]
-    x [K, K]-sized products, plus 2 more when padding; O(n K) memory.
+    a ``lax.cond`` only when a direction was dropped.  In the qr path the QR / SVD of the
+    kept directions and the padding's eigh run on blocks of the smallest of the widths
+    K/4, K/2, 3K/4, K holding them (:func:`_block_widths`, a ``lax.switch``): the rank of
+    B falls well below K after the first rounds (64 bits, demo features: 1279, 795, 435,
+    360, 327 of 1280), and the five rounds took 5.3 instead of 9.3 CPU s (n = 4000,
+    2-core CPU).  O(n K) memory.
 
     Args:
       z: [n, K] with n > K.  codes: B [n, K] with ``Z = (omega I + r S) B``.
@@ -353,28 +382,71 @@ def polar_with_padding(z, codes, pad_noise, *, rank_rtol: float | None = None,
     keep_f = keep.astype(dtype)
     both = keep[:, None] & keep[None, :]
     eye = jnp.eye(kdim, dtype=dtype)
+    rank = jnp.sum(keep).astype(jnp.int32)
+    widths = _block_widths(kdim)
     if method == "gram":
         gram = jnp.where(both, _mm(v.T, _mm(_mm(z.T, z), v)), eye)   # blockdiag(G_kk, I)
         coeff = _mm(v, _symmetric_power(gram, -0.5) * keep_f[None, :])
-        base = z
+        # P = Z coeff V^T + padding; coeff V^T is [K, K], so one [n, K] product.
+        factor = _mm(z, _mm(coeff, v.T))
     else:
-        # Kept directions first (singular values are sorted, so they already are).
-        q, r_factor = jnp.linalg.qr(_mm(z, v) * keep_f[None, :])    # R = blockdiag(R_kk, 0)
-        u_r, _, vt_r = jnp.linalg.svd(jnp.where(both, r_factor, eye))
-        coeff, base = _mm(u_r, vt_r) * keep_f[None, :], q
-    # P = base coeff V^T + padding; coeff V^T is [K, K], so one [n, K] product.
-    factor = _mm(base, _mm(coeff, v.T))
+        # Kept directions are the first `rank` columns of V (descending singular
+        # values): the QR / SVD run on the smallest block of widths >= rank.
+        factor = jax.lax.switch(_width_index(rank, widths),
+                                [functools.partial(_kept_polar_qr, width=w) for w in widths],
+                                z, v, keep)
 
     def padded(factor):
-        drop = ~keep
-        noise = pad_noise.astype(dtype)
-        drop_both = drop[:, None] & drop[None, :]
-        gram = jnp.where(drop_both, _mm(v.T, _mm(_mm(noise.T, noise), v)), eye)
-        coeff = _mm(v, _symmetric_power(gram, -0.5) * drop.astype(dtype)[None, :])
-        return factor + _mm(noise, _mm(coeff, v.T))
+        # Dropped directions are the last K - rank columns of V.
+        return factor + jax.lax.switch(
+            _width_index(kdim - rank, widths),
+            [functools.partial(_padding, width=w) for w in widths],
+            pad_noise.astype(dtype), v, keep)
 
     factor = jax.lax.cond(jnp.all(keep), lambda a: a, padded, factor)
-    return factor, jnp.sum(keep).astype(jnp.int32)
+    return factor, rank
+
+
+def _block_widths(kdim: int) -> tuple[int, ...]:
+    """Static column counts of the rank-adaptive blocks of the H step: K/4, K/2, 3K/4, K
+    (rounded up).  Each is compiled once (``lax.switch``); a step pays for the smallest one
+    holding its directions: at 64 bits on the demo's features the ranks of B fall from
+    1279 to ~435 by the third round and ~330 by the fifth, where the QR and SVD then run
+    on 640 or 960 columns instead of 1280 (and the padding on the dropped ones)."""
+    return tuple(sorted({-(-kdim * q // 4) for q in (1, 2, 3, 4)}))
+
+
+def _width_index(count, widths):
+    """Index of the smallest of ``widths`` >= ``count`` (traced int)."""
+    return jnp.sum(count > jnp.asarray(widths, jnp.int32)).astype(jnp.int32)
+
+
+def _kept_polar_qr(z, v, keep, *, width: int):
+    """``polar(Z V_keep) V_keep^T`` [n, K] from the first ``width`` columns of V (the kept
+    ones and some dropped ones, masked): ``Z V_w = Q R`` [n, w], ``R_kk = U S W^T``
+    (dropped rows / columns of R replaced by the identity), result
+    ``Q (U W^T masked) V_w^T``."""
+    dtype = z.dtype
+    vk, mask = v[:, :width], keep[:width]
+    mask_f = mask.astype(dtype)
+    q, r_factor = jnp.linalg.qr(_mm(z, vk) * mask_f[None, :])      # R = blockdiag(R_kk, 0)
+    both = mask[:, None] & mask[None, :]
+    u_r, _, vt_r = jnp.linalg.svd(jnp.where(both, r_factor, jnp.eye(width, dtype=dtype)))
+    return _mm(q, _mm(_mm(u_r, vt_r) * mask_f[None, :], vk.T))
+
+
+def _padding(noise, v, keep, *, width: int):
+    """``polar(G V_drop) V_drop^T`` [n, K] from the last ``width`` columns of V (masked to
+    the dropped ones): ``G V_w (V_w^T G^T G V_w)^-1/2 V_w^T`` (a well-conditioned Gram:
+    G is Gaussian)."""
+    dtype = noise.dtype
+    kdim = v.shape[1]
+    vd, mask = v[:, kdim - width:], ~keep[kdim - width:]
+    projected = _mm(noise, vd)                                       # [n, w]
+    both = mask[:, None] & mask[None, :]
+    gram = jnp.where(both, _mm(projected.T, projected), jnp.eye(width, dtype=dtype))
+    coeff = _symmetric_power(gram, -0.5) * mask.astype(dtype)[None, :]
+    return _mm(projected, _mm(coeff, vd.T))
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "cluster_ks", "params"))
@@ -457,10 +529,15 @@ def learn_hash_functions(image, text, label_factors, codes, anchor_ids, text_w0,
         W_X = A_X^-1 (X^T B + mu X^T Y W_Y + beta r (X^T NL) P) M^-1            [dX, K]
         W_Y = A_Y^-1 (Y^T B + mu Y^T X W_X + beta r (Y^T NL) P) M^-1            [dY, K]
 
-    (W_X uses the previous W_Y, W_Y the new W_X; the first W_Y is ``text_w0``.)  The
-    constant products and the Cholesky factors are computed once.  As in the authors'
-    code, ``lam`` multiplies W from the left only: W = A^-1 R M^-1 is the exact
-    minimiser only for lam = 0 (the gradient has ``lam W``, not ``lam W M``).
+    (W_X uses the previous W_Y, W_Y the new W_X; the first W_Y is ``text_w0``.)  Only W
+    changes between rounds, so everything else is computed once: with the inverses
+    A_X^-1, A_Y^-1, M^-1 (Cholesky), the constant parts ``P_X = A_X^-1 (X^T B + beta r
+    (X^T NL) P) M^-1`` [dX, K] and the couplings ``Q_X = mu A_X^-1 X^T Y`` [dX, dY]
+    (P_Y, Q_Y likewise) a round is ``W_X = P_X + Q_X W_Y M^-1``,
+    ``W_Y = P_Y + Q_Y W_X M^-1``: four matrix products, no solve (the authors' loop solves
+    with A and M in every round).  As in the authors' code, ``lam`` multiplies W from the
+    left only: W = A^-1 R M^-1 is the exact minimiser only for lam = 0 (the gradient has
+    ``lam W``, not ``lam W M``).
 
     Args:
       image: X [n, dX], text: Y [n, dY] (unit rows); label_factors: NL [n, C];
@@ -477,21 +554,25 @@ def learn_hash_functions(image, text, label_factors, codes, anchor_ids, text_w0,
     m = ((1.0 + params.mu) * jnp.eye(kdim, dtype=dtype)
          + params.beta * _mm(anchor_codes.T, anchor_codes))
     projected = params.beta * bits * _mm(anchor_labels.T, anchor_codes)       # [C, K]
-    const_x = _mm(x.T, b) + _mm(_mm(x.T, nl), projected)
-    const_y = _mm(y.T, b) + _mm(_mm(y.T, nl), projected)
     xty = _mm(x.T, y)
-    a_x = jax.scipy.linalg.cho_factor(_mm(x.T, x) + params.lam * jnp.eye(x.shape[1], dtype=dtype))
-    a_y = jax.scipy.linalg.cho_factor(_mm(y.T, y) + params.lam * jnp.eye(y.shape[1], dtype=dtype))
-    m_c = jax.scipy.linalg.cho_factor(m)
 
-    def solve(a_c, rhs):
-        left = jax.scipy.linalg.cho_solve(a_c, rhs)                 # A^-1 R
-        return jax.scipy.linalg.cho_solve(m_c, left.T).T             # (A^-1 R) M^-1
+    def inverse(a):                                                   # SPD a^-1
+        return jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(a),
+                                          jnp.eye(a.shape[0], dtype=dtype))
+
+    def ridge(f):
+        return _mm(f.T, f) + params.lam * jnp.eye(f.shape[1], dtype=dtype)
+
+    m_inv, a_x_inv, a_y_inv = inverse(m), inverse(ridge(x)), inverse(ridge(y))
+    const_x = _mm(_mm(a_x_inv, _mm(x.T, b) + _mm(_mm(x.T, nl), projected)), m_inv)
+    const_y = _mm(_mm(a_y_inv, _mm(y.T, b) + _mm(_mm(y.T, nl), projected)), m_inv)
+    couple_x = params.mu * _mm(a_x_inv, xty)                          # [dX, dY]
+    couple_y = params.mu * _mm(a_y_inv, xty.T)                        # [dY, dX]
 
     def body(_, carry):
         _, w_y = carry
-        w_x = solve(a_x, const_x + params.mu * _mm(xty, w_y))
-        w_y = solve(a_y, const_y + params.mu * _mm(xty.T, w_x))
+        w_x = const_x + _mm(_mm(couple_x, w_y), m_inv)
+        w_y = const_y + _mm(_mm(couple_y, w_x), m_inv)
         return w_x, w_y
 
     w_x0 = jnp.zeros((x.shape[1], kdim), dtype)
@@ -554,10 +635,13 @@ def cluster_labels(labels, cluster_ks: Sequence[int], key, *,
     ks, message = cap_cluster_ks(labels_np, cluster_ks)
     if message:
         warnings.warn(message, stacklevel=2)
-    points = jnp.asarray(labels_np)
-    ids = [kmeans_cosine(points, k, jax.random.fold_in(key, j), num_iters=num_iters)[0]
-           for j, k in enumerate(ks)]
-    ids = jnp.stack(ids) if ids else jnp.zeros((0, labels_np.shape[0]), jnp.int32)
+    # float32 and 32-bit indices whatever the caller's x64 setting: label rows need no
+    # float64, and the float32 and float64 fits then share their clusters.
+    with jax.enable_x64(False):
+        points = jnp.asarray(labels_np, jnp.float32)
+        ids = [kmeans_cosine(points, k, jax.random.fold_in(key, j), num_iters=num_iters)[0]
+               for j, k in enumerate(ks)]
+        ids = jnp.stack(ids) if ids else jnp.zeros((0, labels_np.shape[0]), jnp.int32)
     return LabelClusters(ids=ids, ks=ClusterSizes(ks))
 
 
@@ -637,9 +721,12 @@ def fit(image_features, text_features, labels, *, bits: int,
     ids = jnp.asarray(clusters.ids, jnp.int32).reshape(len(clusters.ks), n)
     if h0 is None:
         h0 = initial_h(h_key, num_items=n, kdim=kdim, bits=bits, dtype=dtype)
-    codes, _, ranks = learn_codes(label_factors, ids, h0, pad_key, bits=bits,
-                                  cluster_ks=tuple(int(k) for k in clusters.ks),
-                                  params=params, pad_noise=pad_noise)
+    # x64 on for the code learning: the float32 H step then finds the rank of B with a
+    # float64 eigh of its exact Gram (see code_range); the arrays stay in `dtype`.
+    with jax.enable_x64(True):
+        codes, _, ranks = learn_codes(label_factors, ids, h0, pad_key, bits=bits,
+                                      cluster_ks=tuple(int(k) for k in clusters.ks),
+                                      params=params, pad_noise=pad_noise)
     if anchor_ids is None:
         anchor_ids = jax.random.permutation(anchor_key, n)[:params.anchors]
     if text_w0 is None:
