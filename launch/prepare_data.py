@@ -41,8 +41,8 @@ _DATA_DIR = flags.DEFINE_string(
 _SPLIT_PROTOCOL = flags.DEFINE_enum(
     "split_protocol",
     None,
-    ["random", "permutation", "small"],
-    "Split protocol (default: the config's).",
+    ["random", "permutation", "small", "djsrh"],
+    "Split protocol (default: the config's); djsrh: DJSRH/JDSH's per-label sampling.",
 )
 _NUM_QUERY = flags.DEFINE_integer("num_query", None, "Query set size (default: the config's).")
 _NUM_TRAIN = flags.DEFINE_integer("num_train", None, "Training set size (default: the config's).")

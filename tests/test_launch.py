@@ -58,3 +58,21 @@ def test_process_flags_come_together(tmp_path):
     assert "error: ValueError: give --coordinator_address, --num_processes and --process_id " \
            "together (missing: --num_processes)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_prepare_data_offers_the_djsrh_protocol(tmp_path):
+    """`prepare_data.py --split_protocol=djsrh` builds and records the per-label split."""
+    from tiny import write_tiny_mirflickr
+
+    write_tiny_mirflickr(tmp_path)
+    command = [sys.executable, os.path.join(REPO_ROOT, "launch", "prepare_data.py"),
+               "--dataset=mirflickr", f"--manual_dir={tmp_path / 'src'}",
+               f"--data_dir={tmp_path / 'tfds'}", "--split_protocol=djsrh",
+               "--num_query=8", "--num_train=16"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    (line,) = [l for l in done.stdout.splitlines() if "split (djsrh, seed 0)" in l]
+    assert "train 16" in line
+    recorded = list((tmp_path / "tfds").rglob("djsrh-q*-t16-seed0.json"))
+    assert len(recorded) == 1
