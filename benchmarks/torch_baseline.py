@@ -45,6 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# the stacked layout of the similarity statistics is ours; only the arithmetic is torch's
+from fjsph_jax.similarity import cluster_offsets, pair_offsets
+
 MAX_LOG_SCALE = math.log(100.0)
 NORM_EPS = 1e-12
 
@@ -384,19 +387,6 @@ class TorchBankStatistics(NamedTuple):
                    as_t(t.cluster_sizes), as_t(t.cluster_pairs))
 
 
-def _offsets(ks):
-    return [sum(ks[:j]) for j in range(len(ks))]
-
-
-def _pair_offsets(ks):
-    offsets, at = {}, 0
-    for i in range(len(ks)):
-        for j in range(i + 1, len(ks)):
-            offsets[(i, j)] = at
-            at += ks[i] * ks[j]
-    return offsets
-
-
 def pairwise_similarity(sim: TorchSimilarity, idx):
     """S(idx, idx) [B, B] = (1 - eta) N_hat_b N_hat_b^T + eta sum_j w_j [c_j(a) == c_j(b)]."""
     factors, ids = sim.label_factors[idx], sim.cluster_ids[:, idx]
@@ -410,7 +400,7 @@ def apply_target_rows(sim: TorchSimilarity, stats: TorchBankStatistics, idx, *, 
     factors, ids = sim.label_factors[idx], sim.cluster_ids[:, idx]
     label_term = factors @ stats.labels
     cluster_term = torch.zeros_like(label_term)
-    for j, offset in enumerate(_offsets(sim.cluster_ks)):
+    for j, offset in enumerate(cluster_offsets(sim.cluster_ks)):
         cluster_term = cluster_term + sim.cluster_weights[j] * stats.clusters[ids[j] + offset]
     similarity_term = (1.0 - sim.eta) * label_term + sim.eta * cluster_term
     return (1.0 - floor) * similarity_term + floor * stats.totals[None, :]
@@ -420,7 +410,7 @@ def target_row_squared_norms(sim: TorchSimilarity, stats: TorchBankStatistics, i
     """similarity.target_row_squared_norms: sum_n T[idx, n]^2 [B] from the cached statistics."""
     factors, ids = sim.label_factors[idx], sim.cluster_ids[:, idx]
     eta, weights, ks = sim.eta, sim.cluster_weights, sim.cluster_ks
-    offsets = _offsets(ks)
+    offsets = cluster_offsets(ks)
     sizes = [stats.cluster_sizes[ids[j] + offsets[j]] for j in range(len(ks))]
     s1 = (1.0 - eta) * (factors @ stats.label_sums)
     s2 = (1.0 - eta) ** 2 * ((factors @ stats.label_gram) * factors).sum(dim=1)
@@ -430,7 +420,7 @@ def target_row_squared_norms(sim: TorchSimilarity, stats: TorchBankStatistics, i
         cluster_labels = stats.cluster_labels[ids[j] + offsets[j]]
         s2 = s2 + 2.0 * eta * (1.0 - eta) * weights[j] * (factors * cluster_labels).sum(dim=1)
         same_cluster = same_cluster + weights[j] ** 2 * sizes[j]
-    for (i, j), offset in _pair_offsets(ks).items():
+    for (i, j), offset in pair_offsets(ks).items():
         both = stats.cluster_pairs[offset + ids[i] * ks[j] + ids[j]]
         same_cluster = same_cluster + 2.0 * weights[i] * weights[j] * both
     s2 = s2 + eta**2 * same_cluster

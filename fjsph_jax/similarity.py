@@ -155,12 +155,18 @@ def _update_centroids(points_nd, assignments_n, k: int):
     counts = jax.ops.segment_sum(jnp.ones_like(assignments_n, jnp.float32),
                                  assignments_n, num_segments=k)
     means = sums / jnp.maximum(counts, 1.0)[:, None]
-    empty = counts == 0
     own_d2 = jnp.sum((points_nd - means[assignments_n]) ** 2, axis=1)
-    _, farthest = jax.lax.top_k(own_d2, k)
+    return _reseed_empty(points_nd, means, counts, own_d2, k)
+
+
+def _reseed_empty(points_nd, means_kd, counts_k, own_distance_n, k: int):
+    """The r-th empty cluster (counts 0, in index order) moved to the r-th point of largest
+    ``own_distance_n`` (distance to its own centroid); the other means kept. [k, D]."""
+    empty = counts_k == 0
+    _, farthest = jax.lax.top_k(own_distance_n, k)
     empty_rank = jnp.cumsum(empty) - 1
     reseeded = points_nd[farthest[jnp.clip(empty_rank, 0, k - 1)]]
-    return jnp.where(empty[:, None], reseeded, means)
+    return jnp.where(empty[:, None], reseeded, means_kd)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_iters"))
@@ -263,13 +269,9 @@ def _update_centroids_cosine(unit_points_nd, assignments_n, k: int):
     counts = jax.ops.segment_sum(jnp.ones_like(assignments_n, dtype), assignments_n,
                                  num_segments=k)
     means = sums / jnp.maximum(counts, 1.0)[:, None]
-    empty = counts == 0
     own = _unit_rows(means)[assignments_n]
     own_distance = 1.0 - jnp.sum(unit_points_nd * own, axis=1)
-    _, farthest = jax.lax.top_k(own_distance, k)
-    empty_rank = jnp.cumsum(empty) - 1
-    reseeded = unit_points_nd[farthest[jnp.clip(empty_rank, 0, k - 1)]]
-    return jnp.where(empty[:, None], reseeded, means)
+    return _reseed_empty(unit_points_nd, means, counts, own_distance, k)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "num_iters"))
@@ -608,11 +610,14 @@ class TargetStatistics(typing.NamedTuple):
     cluster_pairs: jax.Array
 
 
-def _cluster_offsets(ks) -> tuple[int, ...]:
+def cluster_offsets(ks) -> tuple[int, ...]:
+    """Start of cluster set j in the stacked [sum(ks)] axis: (0, k0, k0 + k1, ...)."""
     return tuple(sum(ks[:j]) for j in range(len(ks)))
 
 
-def _pair_offsets(ks) -> dict[tuple[int, int], int]:
+def pair_offsets(ks) -> dict[tuple[int, int], int]:
+    """Start of the contingency table C_i^T C_j (i < j, [k_i, k_j] flattened) in the stacked
+    axis of all pairs."""
     offsets, at = {}, 0
     for i in range(len(ks)):
         for j in range(i + 1, len(ks)):
@@ -687,7 +692,7 @@ def apply_target_rows(sim: JointSimilarity, projections: FactorProjections, idx_
     factors_b, ids_b = item_factors(sim, idx_b)
     label_term = jnp.matmul(factors_b, projections.labels, precision=_PRECISION)
     cluster_term = jnp.zeros_like(label_term)
-    for j, offset in enumerate(_cluster_offsets(tuple(sim.cluster_ks))):
+    for j, offset in enumerate(cluster_offsets(tuple(sim.cluster_ks))):
         cluster_term = cluster_term + sim.cluster_weights[j] * jnp.take(
             projections.clusters, ids_b[j] + offset, axis=0)
     similarity_term = (1.0 - sim.eta) * label_term + sim.eta * cluster_term
@@ -701,7 +706,7 @@ def target_row_squared_norms(sim: JointSimilarity, statistics: TargetStatistics,
     factors_b, ids_b = item_factors(sim, idx_b)
     eta, weights = sim.eta, sim.cluster_weights
     ks = tuple(sim.cluster_ks)
-    offsets = _cluster_offsets(ks)
+    offsets = cluster_offsets(ks)
     sizes = [jnp.take(statistics.cluster_sizes, ids_b[j] + offsets[j]) for j in range(len(ks))]
     s1 = (1.0 - eta) * jnp.matmul(factors_b, statistics.label_sums, precision=_PRECISION)
     label_quadratic = jnp.sum(
@@ -714,7 +719,7 @@ def target_row_squared_norms(sim: JointSimilarity, statistics: TargetStatistics,
         s2 = s2 + 2.0 * eta * (1.0 - eta) * weights[j] * jnp.sum(factors_b * cluster_labels,
                                                                   axis=1)
         same_cluster = same_cluster + weights[j] ** 2 * sizes[j]
-    for (i, j), offset in _pair_offsets(ks).items():
+    for (i, j), offset in pair_offsets(ks).items():
         both = jnp.take(statistics.cluster_pairs, offset + ids_b[i] * ks[j] + ids_b[j])
         same_cluster = same_cluster + 2.0 * weights[i] * weights[j] * both
     s2 = s2 + eta**2 * same_cluster

@@ -19,12 +19,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fjsph_jax import methods, parallel
+from fjsph_jax import parallel
 from fjsph_jax.methods.base import GradientMethod
 from fjsph_jax.training import guards, loop
 from fjsph_jax.training.checkpointing import Checkpointer
 from test_multiprocess import worker_env
-from tiny import TINY_CONFIG_PATH, tiny_config
+from tiny import LabelCodes, TINY_CONFIG_PATH, registered, tiny_config
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +34,7 @@ class PoisonState(NamedTuple):
     step: jax.Array
 
 
-class PoisonedMethod(GradientMethod):
+class PoisonedMethod(LabelCodes, GradientMethod):
     """Fits w to the batch's mean feature by SGD; step ``config.poison.step`` (1-based, as
     metrics.jsonl and checkpoints count) gets a NaN loss (``poison.where="loss"``) or an
     infinite gradient with a finite loss (``"grad"``). Codes are the labels (Oracle)."""
@@ -82,20 +82,10 @@ class PoisonedMethod(GradientMethod):
     def train_step(self, state, batch, step):
         return self._step(state, batch)
 
-    @property
-    def bits(self):
-        return self.data.labels.shape[1]
-
-    def encode(self, state, rows, *, role):
-        codes = np.where(self.data.labels[rows] > 0, 1, -1).astype(np.int8)
-        return {"image": codes, "text": codes}
-
 
 @pytest.fixture
 def poisoned():
-    methods.register("poisoned", f"{__name__}:PoisonedMethod")
-    yield PoisonedMethod
-    methods.unregister("poisoned")
+    yield from registered("poisoned", PoisonedMethod)
 
 
 def poisoned_config(step: int, where: str = "loss", **overrides):

@@ -9,10 +9,10 @@ import pytest
 from fjsph_jax import methods, parallel
 from fjsph_jax.methods.base import ClosedFormMethod
 from fjsph_jax.training import loop
-from tiny import tiny_config
+from tiny import LabelCodes, registered, tiny_config
 
 
-class OracleMethod(ClosedFormMethod):
+class OracleMethod(LabelCodes, ClosedFormMethod):
     """Codes copied from the labels (bit c = +1 iff label c): every item is ranked by how
     many labels it shares, so relevant items come first whenever labels are single."""
 
@@ -31,20 +31,10 @@ class OracleMethod(ClosedFormMethod):
         OracleMethod.fits += 1
         return {"scale": state["scale"] + 1}, {"objective": 1.0}
 
-    @property
-    def bits(self):
-        return self.data.labels.shape[1]
-
-    def encode(self, state, rows, *, role):
-        codes = np.where(self.data.labels[rows] > 0, 1, -1).astype(np.int8)
-        return {"image": codes, "text": codes}
-
 
 @pytest.fixture
 def oracle():
-    methods.register("oracle", f"{__name__}:OracleMethod")
-    yield OracleMethod
-    methods.unregister("oracle")
+    yield from registered("oracle", OracleMethod)
 
 
 def test_fake_method_gets_its_known_map_and_is_not_refitted(oracle, tmp_path):

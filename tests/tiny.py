@@ -66,3 +66,30 @@ def write_tiny_mirflickr(root):
 
     testing.write_text_files(str(root / "src"), testing.make_rows(40, 5, size=40, seed=3))
     return root
+
+
+class LabelCodes:
+    """Mixin of the tests' fake methods: codes copied from the labels (bit c = +1 iff
+    label c), so every item is ranked by how many labels it shares with the query."""
+
+    @property
+    def bits(self):
+        return self.data.labels.shape[1]
+
+    def encode(self, state, rows, *, role):
+        import numpy as np
+
+        codes = np.where(self.data.labels[rows] > 0, 1, -1).astype(np.int8)
+        return {"image": codes, "text": codes}
+
+
+def registered(name: str, method_class):
+    """Registers ``method_class`` (a class of a test module) as ``name`` until the generator
+    ends: ``yield from registered(...)`` in a fixture."""
+    from fjsph_jax import methods
+
+    methods.register(name, f"{method_class.__module__}:{method_class.__name__}")
+    try:
+        yield method_class
+    finally:
+        methods.unregister(name)

@@ -16,6 +16,17 @@ _PRECISION = jax.lax.Precision.HIGHEST
 _NORM_EPS = 1e-12
 
 
+def _embedding_pair(image_emb_bd, text_emb_bd):
+    """Both [B, d] embeddings as float32, checked to have the same batch and width."""
+    image = jnp.asarray(image_emb_bd, jnp.float32)
+    text = jnp.asarray(text_emb_bd, jnp.float32)
+    _same_width("image_emb_bd", image, "text_emb_bd", text)
+    if image.shape[0] != text.shape[0]:
+        raise ValueError(f"image_emb_bd and text_emb_bd must have the same batch size, "
+                         f"got {image.shape} and {text.shape}")
+    return image, text
+
+
 def _same_width(name_a, a, name_b, b):
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"{name_a} and {name_b} must be 2-D with the same width, "
@@ -57,12 +68,7 @@ def symmetric_infonce(image_emb_bd, text_emb_bd, log_logit_scale, *,
     Returns:
       float32 scalar.
     """
-    image = jnp.asarray(image_emb_bd, jnp.float32)
-    text = jnp.asarray(text_emb_bd, jnp.float32)
-    _same_width("image_emb_bd", image, "text_emb_bd", text)
-    if image.shape[0] != text.shape[0]:
-        raise ValueError(f"image_emb_bd and text_emb_bd must have the same batch size, "
-                         f"got {image.shape} and {text.shape}")
+    image, text = _embedding_pair(image_emb_bd, text_emb_bd)
     scale = jnp.exp(jnp.minimum(jnp.asarray(log_logit_scale, jnp.float32), max_log_scale))
     logits = scale * jnp.matmul(_l2_normalize(image), _l2_normalize(text).T,
                                 precision=_PRECISION)
@@ -230,12 +236,7 @@ def symmetric_infonce_sharded(image_emb_bd, text_emb_bd, log_logit_scale, *, mes
     Returns:
       float32 scalar (replicated).
     """
-    image = jnp.asarray(image_emb_bd, jnp.float32)
-    text = jnp.asarray(text_emb_bd, jnp.float32)
-    _same_width("image_emb_bd", image, "text_emb_bd", text)
-    if image.shape[0] != text.shape[0]:
-        raise ValueError(f"image_emb_bd and text_emb_bd must have the same batch size, "
-                         f"got {image.shape} and {text.shape}")
+    image, text = _embedding_pair(image_emb_bd, text_emb_bd)
     batch = image.shape[0]
     axes = axis_name if isinstance(axis_name, tuple) else (axis_name,)
     devices = math.prod(mesh.shape[a] for a in axes)
