@@ -238,6 +238,7 @@ def validate_config(config, num_devices: int) -> None:
     validate_common(config)
     validate_data(config)
     validate_eval(config)
+    validate_loop(config)
     try:
         method_class = methods.get(method)
     except ValueError as error:
@@ -311,6 +312,24 @@ def validate_eval(config) -> None:
         raise ConfigError("config.eval.precision_ns is empty; give cut-offs such as (1, 10, 100)")
     for i, n in enumerate(ns):
         positive(f"config.eval.precision_ns[{i}]", n)
+
+
+def validate_loop(config) -> None:
+    """The shared loop's optional keys (:data:`LOOP_KEYS`; absent keys take their defaults):
+    ``eval.every_steps`` (an integer >= 0) and ``train.tensorboard`` (a bool; True needs
+    tensorboardX)."""
+    every = config.get("eval", {}).get("every_steps", 0)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(
+            f"config.eval.every_steps={every!r} must be an integer >= 0 (0: evaluate only "
+            "at the end)"
+        )
+    tensorboard = config.get("train", {}).get("tensorboard", False)
+    boolean("config.train.tensorboard", tensorboard)
+    if tensorboard:
+        from fjsph_jax.training import logs  # deferred: imports jax
+
+        logs.check_tensorboard()
 
 
 def validate_training(config, num_devices: int) -> None:

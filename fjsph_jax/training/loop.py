@@ -43,7 +43,6 @@ from typing import Sequence
 
 import jax
 
-from fjsph_jax import configuration as cfg
 from fjsph_jax import encoders, methods, parallel
 from fjsph_jax.configuration import validate_config
 from fjsph_jax.data.pipeline import MeshBatchIterator, train_batches
@@ -89,10 +88,13 @@ def _write_config(config, workdir: str) -> None:
             f.write(config.to_json_best_effort(indent=2))
 
 
-def build_method(config, workdir: str, mesh) -> tuple[Method, TrainingData]:
-    """Validates ``config``, reads the data and builds the method ``config.method`` names."""
+def build_method(config, workdir: str, mesh, *, validate: bool = True
+                 ) -> tuple[Method, TrainingData]:
+    """Validates ``config`` (unless the caller just did), reads the data and builds the
+    method ``config.method`` names."""
     method_class = methods.get(config.get("method", "fjsph"))
-    validate_config(config, parallel.num_batch_shards(mesh))
+    if validate:
+        validate_config(config, parallel.num_batch_shards(mesh))
     towers = (
         encoders.load_pretrained_towers(config)  # checkpoint errors before data errors
         if method_class.needs_towers(config)
@@ -102,21 +104,6 @@ def build_method(config, workdir: str, mesh) -> tuple[Method, TrainingData]:
         config, workdir, mesh, towers, input_kind=method_class.input_kind(config)
     )
     return method_class(config, data, mesh, towers), data
-
-
-def validate_loop_config(config) -> None:
-    """The shared loop's own keys (absent keys take their defaults)."""
-    every = config.get("eval", {}).get("every_steps", 0)
-    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise cfg.ConfigError(
-            f"config.eval.every_steps={every!r} must be an integer >= 0 (0: evaluate only "
-            "at the end)"
-        )
-    tensorboard = config.get("train", {}).get("tensorboard", False)
-    if not isinstance(tensorboard, bool):
-        raise cfg.ConfigError(f"config.train.tensorboard={tensorboard!r} must be True or False")
-    if tensorboard:
-        logs.check_tensorboard()
 
 
 def train_and_evaluate(
@@ -145,7 +132,6 @@ def train_and_evaluate(
       guards.NonFiniteError: a step's loss or gradient was NaN / inf; the latest
         checkpoint is the last one before it.
     """
-    validate_loop_config(config)
     with guards.PreemptionWatch() as preemption:  # from here on a SIGTERM saves and stops
         mesh = parallel.make_mesh(devices, fsdp=config.get("train", {}).get("fsdp", 1))
         # Before anything is written: the config, the workdir, and a run already in it.
@@ -153,7 +139,7 @@ def train_and_evaluate(
         workdir_lib.check_workdir(workdir)
         workdir_lib.check_resume(config, workdir)
         with workdir_lib.removed_on_failure(workdir):  # a run that never starts leaves none
-            method, data = build_method(config, workdir, mesh)
+            method, data = build_method(config, workdir, mesh, validate=False)
             fingerprint = config_fingerprint(config)
             state = method.init_state()
             checkpointer = Checkpointer(
