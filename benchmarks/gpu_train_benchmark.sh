@@ -17,6 +17,16 @@
 # after every row, so a cut-short run keeps what it measured), train_gpu.log and
 # parity.log (cuDNN vs XLA attention on the GPU, bf16).
 #
+# Rehearsal on a CPU machine (before device time is spent): REHEARSE_ON_CPU=1 runs the same
+# steps with the smallest towers (micro), attention=dot_product_attention for the variant
+# row and compile-time depths 1 and 2, bf16 compute as on the GPU, and skips the GPU check;
+# benchmarks/rehearsal/sitecustomize.py makes the packages the device lacks (grain,
+# tensorflow, tensorflow_datasets, faiss; ml_collections too with
+# REHEARSE_NO_ML_COLLECTIONS=1, so the wheel path below runs) absent, as they are there:
+#
+#   REHEARSE_ON_CPU=1 REHEARSE_NO_ML_COLLECTIONS=1 PYTHON=python \
+#     bash benchmarks/gpu_train_benchmark.sh /tmp/rehearsal
+#
 # Needs jax (CUDA), flax, optax, torch (CUDA), transformers, absl-py, ml_collections.
 # A machine without ml_collections (a pure-Python wheel): put the wheel in .whl/
 # (python3 -m pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0)
@@ -26,9 +36,17 @@ cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-runs/gpu-train}}
 DEADLINE_S=${DEADLINE_S:-420}
 PY=${PYTHON:-python3}
+REHEARSE=${REHEARSE_ON_CPU:-0}
+SIZES=vit_b16,vit_b32 VARIANT=attention=cudnn LAYERS=12,24
+if [ "$REHEARSE" = 1 ]; then
+  SIZES=micro VARIANT=attention=dot_product_attention LAYERS=1,2
+  echo "REHEARSE_ON_CPU=1: micro towers, no GPU needed (the rows are not measurements)"
+fi
+export REHEARSE
 mkdir -p "$OUT_DIR"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$(pwd)${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$REHEARSE" = 1 ]; then export PYTHONPATH="$(pwd)/benchmarks/rehearsal:$PYTHONPATH"; fi
 
 if ! $PY -c "import ml_collections" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
@@ -43,7 +61,8 @@ if missing:
 import flax, jax, torch, transformers
 print("jax", jax.__version__, jax.devices(), "| flax", flax.__version__, "| torch", torch.__version__,
       torch.cuda.is_available() and torch.cuda.get_device_name(), "| transformers", transformers.__version__)
-if jax.default_backend() != "gpu" or not torch.cuda.is_available():
+import os
+if os.environ.get("REHEARSE") != "1" and (jax.default_backend() != "gpu" or not torch.cuda.is_available()):
     sys.exit("this script measures a GPU: jax or torch sees none")
 EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
@@ -77,7 +96,7 @@ for name, make, args in (("text_base", lambda a: TextTransformer(dataclasses.rep
                   f"(output scale {scale:.2f})")
 EOF
 
-$PY launch/benchmark.py --suite=train --train_sizes=vit_b16,vit_b32 --masks=0,0.5,0.75 \
-  --impls=jax,torch_eager,torch_compile --steps=10 --warmup=3 --jax_variant=attention=cudnn \
-  --compile_layers=12,24 --deadline_s="$DEADLINE_S" --row_timeout_s=300 \
+$PY launch/benchmark.py --suite=train --train_sizes="$SIZES" --masks=0,0.5,0.75 --dtype=bfloat16 \
+  --impls=jax,torch_eager,torch_compile --steps=10 --warmup=3 --jax_variant="$VARIANT" \
+  --compile_layers="$LAYERS" --deadline_s="$DEADLINE_S" --row_timeout_s=300 \
   --json="$OUT_DIR/train_gpu.json" 2>&1 | tee "$OUT_DIR/train_gpu.log"
