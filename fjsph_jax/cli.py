@@ -12,11 +12,21 @@ stderr, ``error: <Kind>: <what is wrong, which file or key, the fix>``, and exit
 
 :func:`run` wraps absl's ``app.run``: it parses the flags itself (so a config file that is
 missing or does not import, an override of a key the config does not have, and a flag value
-of the wrong type are reported in one line) and catches :data:`USER_ERRORS` from ``main``.
+of the wrong type are reported in one line) and reports what :func:`is_user_error` calls a
+user mistake from ``main`` in one line.
+
+What counts as a user mistake (:func:`is_user_error`): the error types that only describe
+bad input (:func:`user_errors`: ConfigError, the feature-file, image, UTF-8 and checkpoint
+errors, missing files and runs, flag errors), and a plain ``ValueError`` only when one of
+this repository's own checks raised it (the innermost frame of its traceback is a ``raise``
+statement in ``fjsph_jax/``, ``launch/``, ``configs/`` or ``benchmarks/``). A
+``ValueError`` from inside JAX, NumPy or another library (a shape mismatch, say) is a bug
+in this code, however it was reached: it keeps its traceback and exit status 1.
 """
 
 from __future__ import annotations
 
+import linecache
 import os
 import re
 import sys
@@ -39,18 +49,67 @@ class UsageError(ValueError):
     """A wrong flag or flag combination; the message names the flag and the fix."""
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's mistake: reported in one line, exit status 2.
+_RAISE = re.compile(r"(?:^|[:;]\s*)raise\b")
 
-    ``ValueError`` covers :class:`~fjsph_jax.configuration.ConfigError`, the data
-    readers' errors and the weight importers' ``CheckpointError``; ``FileNotFoundError``
-    the missing datasets, runs and files.
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that only ever describe bad input: always reported in one line.
+
+    :class:`~fjsph_jax.configuration.ConfigError` (and the workdir errors built on it),
+    the feature-file, image and UTF-8 errors of the data readers, the weight importers'
+    ``CheckpointError``, :class:`UsageError`; ``FileNotFoundError`` the missing datasets,
+    runs and files. A plain ``ValueError`` is one only if :func:`raised_by_own_check`.
     """
+    from fjsph_jax.configuration import ConfigError
+    from fjsph_jax.data.feature_files import FeatureFileError
+    from fjsph_jax.data.files import NotUtf8Error
+    from fjsph_jax.data.images import UnreadableImageError
     from fjsph_jax.training.checkpointing import (CheckpointMismatchError,
                                                   CheckpointRestoreError)
+    from fjsph_jax.weights.errors import CheckpointError
 
-    return (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
+    return (ConfigError, FeatureFileError, NotUtf8Error, UnreadableImageError, CheckpointError,
+            UsageError, FileNotFoundError, NotADirectoryError, PermissionError,
             CheckpointMismatchError, CheckpointRestoreError, app.UsageError, flags.Error)
+
+
+def own_code() -> tuple[str, ...]:
+    """Directories of this repository's code, each ending in a separator: the package (where
+    it is installed), ``launch/``, ``configs/`` and ``benchmarks/`` beside it, and the
+    directory of the running script (``launch/`` of a checkout when the package was
+    installed elsewhere)."""
+    package = os.path.dirname(os.path.realpath(__file__))
+    roots = {package, *(os.path.join(os.path.dirname(package), name)
+                        for name in ("launch", "configs", "benchmarks"))}
+    if sys.argv and sys.argv[0]:
+        roots.add(os.path.dirname(os.path.realpath(sys.argv[0])))
+    return tuple(sorted(root + os.sep for root in roots))
+
+
+def raised_by_own_check(error: BaseException, own_code_dirs: Sequence[str] | None = None) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is a ``raise`` statement in a
+    file under one of ``own_code_dirs`` (default :func:`own_code`): a check this
+    repository wrote, as opposed to an error from inside a library (or from a C function
+    such as NumPy's reshape, whose innermost Python frame is the caller's line, not a
+    ``raise``)."""
+    frame = error.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    path = os.path.realpath(frame.tb_frame.f_code.co_filename)
+    if not path.startswith(tuple(own_code() if own_code_dirs is None else own_code_dirs)):
+        return False
+    line = linecache.getline(path, frame.tb_lineno).split("#", 1)[0].strip()
+    return bool(_RAISE.search(line))
+
+
+def is_user_error(error: BaseException) -> bool:
+    """A mistake in the user's input (one line, exit status 2) rather than a bug (the
+    traceback, exit status 1): see the module docstring."""
+    if isinstance(error, user_errors()):
+        return True
+    return isinstance(error, ValueError) and raised_by_own_check(error)
 
 
 def show_tracebacks(argv: Sequence[str] | None = None) -> bool:
@@ -157,14 +216,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    """``app.run(main)``: user mistakes (flags, config files, :func:`user_errors` raised by
-    ``main``) end in one line and exit status 2; ``--traceback`` shows their traceback."""
+    """``app.run(main)``: user mistakes (flags, config files, what :func:`is_user_error`
+    accepts from ``main``) end in one line and exit status 2; ``--traceback`` shows their
+    traceback; anything else is a bug and keeps its traceback (exit status 1)."""
 
     def guarded(argv):
         try:
             main(argv)
-        except user_errors() as error:
-            if show_tracebacks():
+        except Exception as error:  # noqa: BLE001  (bugs are re-raised below)
+            if not is_user_error(error) or show_tracebacks():
                 raise
             fail(error)
 

@@ -27,6 +27,8 @@ if REPO_ROOT not in sys.path:  # works from a checkout without `pip install -e .
 
 from absl import app, flags, logging  # noqa: E402
 
+from fjsph_jax import cli  # noqa: E402
+
 _SUITE = flags.DEFINE_enum("suite", "methods", ["methods", "train"], "Which benchmark suite to run.")
 _BITS = flags.DEFINE_list("bits", ["16", "32", "64"], "Code lengths.")
 _METHODS = flags.DEFINE_list("methods", None, "Rows to run (default: all available), e.g. "
@@ -89,8 +91,9 @@ def main(argv):
         try:
             _train_suite()
         except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(2)
+            if not cli.is_user_error(error):
+                raise
+            cli.fail(error)
         return
     try:
         bits = tuple(int(b) for b in _BITS.value)
@@ -105,8 +108,9 @@ def main(argv):
         methods_table.run(bits_list=bits, methods=_METHODS.value, out=out, split=_SPLIT.value,
                           quick=_QUICK.value, convention=_CONVENTION.value, rerun=_RERUN.value)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        if not cli.is_user_error(error):
+            raise
+        cli.fail(error)
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ def main(argv):
     try:
         print(prepare_from_config(data, overwrite=_OVERWRITE.value), flush=True)
     except (DatasetNotFoundError, ValueError) as error:
-        if cli.show_tracebacks():
+        if not cli.is_user_error(error) or cli.show_tracebacks():
             raise
         cli.fail(f"{type(error).__name__}: {in_own_flags(str(error))}")
 
