@@ -21,8 +21,6 @@ import shutil
 import tempfile
 from typing import Any
 
-import jax
-
 from fjsph_jax.configuration import ConfigError
 from fjsph_jax.training.checkpointing import NON_TRAJECTORY_KEYS
 
@@ -123,13 +121,19 @@ def check_resume(config, workdir: str) -> None:
 @contextlib.contextmanager
 def removed_on_failure(workdir: str):
     """Creates ``workdir`` if it does not exist; if it did not and the block raises, removes
-    it again (process 0), so a run that fails before training leaves no stray directory.
-    An existing workdir is never touched."""
+    it again, so a run that fails before training leaves no stray directory. An existing
+    workdir is never touched.
+
+    Every process decides for itself: on the shared file system of a multi-process run
+    whichever process created the directory removes it (before, only process 0 did, and a
+    directory that another process happened to create first was left behind); the others
+    found it existing and leave it.
+    """
     created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
     try:
         yield
     except BaseException:
-        if created and jax.process_index() == 0:
+        if created:
             shutil.rmtree(workdir, ignore_errors=True)
         raise
