@@ -29,6 +29,9 @@ function jspsh_octave_driver(job_path)
 %   For 'shared' only:
 %   init_paths   cell of .mat paths, one per bits, each with H0 [n, K], sel_idx
 %                [1, anchors] (1-based), YW0 [dY, K], pad_noise [iter, n, K] (Gaussian)
+%   rank_rule    (optional) 'row_space' (default: differences (2) below) or 'authors':
+%                the H step's rank and U are their lines 34-37 verbatim (svd(Z'*Z),
+%                eigenvalues > 1e-6, U = Z * (V / sqrt(Lmd))); only the padding is (3)
 %
 % 'independent': everything as in the authors' main_demo.m / evaluate_JSPSH.m:
 %   LSet from kmeans(LTrain, km(j), 'Distance', 'cosine') (octave-statistics), then
@@ -42,10 +45,11 @@ function jspsh_octave_driver(job_path)
 %   train_JSPSH draws H0, the padding, the anchors and YW0 internally.  It calls their
 %   rsign and follows train_JSPSH.m line by line EXCEPT:
 %   (1) H starts from the given H0 (theirs: sqrt(n*nbits/kdim)*orth(rand(n,kdim)));
-%   (2) H step, rank: the kept directions are the row space of B, eigenvalues of B'*B
+%   (2) H step, rank (rank_rule 'row_space'; with 'authors' their rule is used as is):
+%       the kept directions are the row space of B, eigenvalues of B'*B
 %       above K * eps * max (the solver's rule for float64; theirs: eigenvalues of Z'*Z above 1e-6, which on an
-%       exactly rank-deficient Z keeps a few round-off directions, ~1e-5 > 1e-6, whose
-%       U columns then have norm ~1e-4, and pads the rest);
+%       exactly rank-deficient Z keeps round-off directions (hundreds at 64 bits: see
+%       docs/benchmarks.md), whose U columns have norm far below 1, and pads the rest);
 %       U = polar factor of Z*Vk (SVD of Z*Vk; theirs Z*V/sqrt(Lmd), the same on the
 %       kept directions);
 %   (3) H step, padding: polar(G*Vd)*Vd' with G = the given pad_noise(t,:,:) and Vd the
@@ -89,6 +93,17 @@ function jspsh_octave_driver(job_path)
   param.omega = double(job.omega); param.beta = double(job.beta);
   param.theta = double(job.theta); param.lambda = double(job.lambda);
   param.iter = double(job.iter); param.sf = double(job.sf); param.km = km;
+  rank_rule = 'row_space';
+  if isfield(job, 'rank_rule')
+    rank_rule = char(job.rank_rule);
+  end
+  if ~any(strcmp(rank_rule, {'row_space', 'authors'}))
+    error('rank_rule must be row_space or authors, got %s', rank_rule);
+  end
+  if strcmp(mode, 'independent')
+    rank_rule = 'authors';   % their train_JSPSH.m, unchanged
+  end
+  param.rank_rule = rank_rule;
   anchors = double(job.anchors);
   if anchors == 5000
     param.db_name = 'NUS-WIDE';
@@ -177,7 +192,8 @@ function jspsh_octave_driver(job_path)
         't2i_map', t2i, 'i2t_map50', i2t50, 't2i_map50', t2i50, ...
         'h_ranks', h_ranks, 'times', times);
   end
-  out = struct('mode', mode, 'octave_version', OCTAVE_VERSION, 'results', {results});
+  out = struct('mode', mode, 'rank_rule', rank_rule, 'octave_version', OCTAVE_VERSION, ...
+               'results', {results});
   fid = fopen(fullfile(out_dir, 'results.json'), 'w');
   fputs(fid, jsonencode(out));
   fclose(fid);
@@ -198,13 +214,23 @@ function [B, XW, YW, h_ranks, time_codes, time_hash] = shared_train(XTrain, YTra
   h_ranks = zeros(1, param.iter);
   for i = 1:param.iter
     Z = param.omega * B + nbits * (NLTrain * (NLTrain' * B) + param.alpha * cluster_product(LSet, weights, B));
-    [VB, LB] = eig(B' * B);
-    lam = diag(LB);
-    keep = lam > kdim * eps * max(lam);
-    Vk = VB(:, keep); Vd = VB(:, ~keep);
+    if strcmp(param.rank_rule, 'authors')
+      % train_JSPSH.m lines 34-37 as they are (their names); padding as below.
+      [~, Lmd, VV] = svd(Z' * Z);
+      index = (diag(Lmd) > 1e-6);
+      V = VV(:, index);
+      U = Z * (V / (sqrt(Lmd(index, index))));
+      keep = index; Vd = VV(:, ~index);
+      P = U * V';
+    else
+      [VB, LB] = eig(B' * B);
+      lam = diag(LB);
+      keep = lam > kdim * eps * max(lam);
+      Vk = VB(:, keep); Vd = VB(:, ~keep);
+      [Uz, ~, Wz] = svd(Z * Vk, 'econ');
+      P = (Uz * Wz') * Vk';
+    end
     h_ranks(i) = sum(keep);
-    [Uz, ~, Wz] = svd(Z * Vk, 'econ');
-    P = (Uz * Wz') * Vk';
     if any(~keep)
       G = reshape(double(init.pad_noise(i, :, :)), n, kdim);
       [Ug, ~, Wg] = svd(G * Vd, 'econ');

@@ -4,6 +4,7 @@
         [--bits=16,32,64] [--shared_init] [--seeds=3] [--float64] [--json=OUT]
         [--n_train=4000 --n_query=500] [--authors_dir=DIR] [--keep_dir=DIR]
         [--repeats=1] [--openblas_threads=1] [--polar=auto|gram|qr] [--reuse_octave]
+        [--rank_rule=row_space|authors] [--our_clusters]
 
 Both sides read the same data (keys I_tr, T_tr, L_tr = training set = retrieval
 database, I_te, T_te, L_te = queries; ``--synthetic`` generates a clustered multi-label
@@ -28,6 +29,12 @@ Modes:
   their loop (see the header of the .m file for its four documented differences) and the
   codes should agree closely: the table adds the fraction of training-code ones (and of
   query-code ones) that agree.
+* ``--rank_rule=authors``: our H step uses the authors' rank rule and arithmetic
+  (``JSPSHParams.rank_rule``: ``svd(Z'*Z)``, eigenvalues above an absolute 1e-6,
+  ``U = Z V Lmd^-1/2``); with ``--shared_init`` the driver's loop then runs their lines
+  34-37 as they are (only the padding stays the shared ``polar(G V_drop) V_drop^T``).  In
+  the independent modes Octave always runs their ``train_JSPSH.m``, so the flag changes
+  our side only.
 
 Small training sets (the 730-pair mini MIRFlickr):
 
@@ -56,7 +63,10 @@ seconds (all threads; less sensitive to other load on a shared machine).  With
 the 1-minute load average when it was timed.  ``--reuse_octave`` (with ``--keep_dir``)
 reads Octave's results of an earlier run in the same directory instead of running it
 again (the rows say so: ``octave_reused``; their speed ratios then compare runs made at
-different times, so quote speed only from rows without it).
+different times, so quote speed only from rows without it).  Reuse is refused unless the
+earlier run had the same inputs: the job file in ``--keep_dir`` (seed, bits,
+hyper-parameters, cluster ids, mode; in the shared mode also the rank rule and the shared
+init files), the data and the authors' files must equal this run's.
 """
 
 from __future__ import annotations
@@ -238,6 +248,78 @@ def octave_codes(out_dir, bits):
     return {k: np.asarray(mat[k], np.float64) for k in ("B", "BxTest", "ByTest", "XW", "YW")}
 
 
+def read_authors(directory):
+    out = {}
+    for name in AUTHOR_FILES:
+        path = os.path.join(directory, name)
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                out[name] = f.read()
+    return out
+
+
+def previous_inputs(work, data_path, authors_dir):
+    """What an earlier run in ``work`` gave Octave (data, authors' files), or None."""
+    import scipy.io
+
+    if not os.path.exists(data_path):
+        return None
+    mat = scipy.io.loadmat(data_path)
+    return {"data": {k: mat[k] for k in KEYS}, "authors": read_authors(authors_dir)}
+
+
+def check_same(old, new, what):
+    """Raise SystemExit unless the mappings ``old`` and ``new`` hold equal values (for
+    the keys of ``new``; arrays compared exactly, after squeezing the .mat shapes)."""
+    import numpy as np
+
+    for key, value in new.items():
+        if key not in old:
+            raise SystemExit(f"--reuse_octave: the earlier run's {what} has no {key!r}")
+        a, b = old[key], value
+        if isinstance(b, bytes) or isinstance(a, bytes):
+            same = a == b
+        else:
+            a = np.squeeze(np.asarray(a, np.float64) if np.asarray(a).dtype != object else a)
+            b = np.squeeze(np.asarray(b, np.float64) if np.asarray(b).dtype != object else b)
+            same = a.shape == b.shape and bool(np.all(a == b))
+        if not same:
+            raise SystemExit(f"--reuse_octave: {what}, {key!r}: not the earlier run's; "
+                             "run Octave again (drop --reuse_octave)")
+
+
+# Job fields that decide what Octave computed (paths aside).
+_JOB_KEYS = ("bits", "mu", "alpha", "omega", "beta", "theta", "lambda", "iter", "sf",
+             "anchors", "km", "mode", "seed")
+
+
+def check_reusable(job_path, job, shared):
+    """``--reuse_octave``: the earlier job file must match ``job`` on the fields that
+    decide Octave's results (the rank rule only in the shared mode: the independent mode
+    runs their code whatever our rule; job files without it are 'row_space')."""
+    import numpy as np
+    import scipy.io
+
+    if not os.path.exists(job_path):
+        raise SystemExit(f"--reuse_octave: no earlier job file {job_path}")
+    old = scipy.io.loadmat(job_path)
+    old_text = {k: str(np.squeeze(old[k])) for k in ("mode", "rank_rule") if k in old}
+    new = {k: job[k] for k in _JOB_KEYS if k not in ("mode",)}
+    check_same(old, new, "job")
+    if old_text.get("mode") != job["mode"]:
+        raise SystemExit(f"--reuse_octave: earlier mode {old_text.get('mode')!r}, "
+                         f"now {job['mode']!r}")
+    if ("cluster_ids" in old) != ("cluster_ids" in job):
+        raise SystemExit("--reuse_octave: the earlier run and this one differ in given "
+                         "cluster ids (--our_clusters / --shared_init)")
+    if "cluster_ids" in job:
+        check_same(old, {"cluster_ids": job["cluster_ids"]}, "job")
+    if shared and old_text.get("rank_rule", "row_space") != job["rank_rule"]:
+        raise SystemExit(f"--reuse_octave: the earlier shared run used rank_rule "
+                         f"{old_text.get('rank_rule', 'row_space')!r}, this one "
+                         f"{job['rank_rule']!r}")
+
+
 # ----------------------------------------------------------------------------- ours
 
 
@@ -328,7 +410,11 @@ def main(argv=None):
                         help="independent mode, but both sides use our k-means clusters "
                              "(Octave: their train_JSPSH unchanged on them)")
     parser.add_argument("--reuse_octave", action="store_true",
-                        help="reuse Octave's results.json in --keep_dir when present")
+                        help="reuse Octave's results.json in --keep_dir when present "
+                             "(checked: same job, data and authors' files)")
+    parser.add_argument("--rank_rule", default="row_space", choices=("row_space", "authors"),
+                        help="our H step's rank rule (JSPSHParams.rank_rule); with "
+                             "--shared_init also the driver's")
     args = parser.parse_args(argv)
 
     import jax
@@ -353,19 +439,26 @@ def main(argv=None):
     if anchors < args.anchors:
         print(f"note: anchors {args.anchors} > n = {n_train}: both sides use all {n_train} "
               "training rows as anchors")
-    params = solver.JSPSHParams(anchors=anchors, cluster_ks=ks, polar=args.polar)
+    params = solver.JSPSHParams(anchors=anchors, cluster_ks=ks, polar=args.polar,
+                                rank_rule=args.rank_rule)
     work = args.keep_dir or tempfile.mkdtemp(prefix="jspsh_vs_octave_")
     os.makedirs(work, exist_ok=True)
-    authors = args.authors_dir or extract_authors(os.path.join(work, "authors"))
     data_path = os.path.join(work, "data.mat")
+    authors_target = os.path.join(work, "authors")
+    previous = previous_inputs(work, data_path, authors_target) if args.reuse_octave else None
+    authors = args.authors_dir or extract_authors(authors_target)
     scipy.io.savemat(data_path, data)
+    if previous is not None:
+        check_same(previous["data"], data, "data")
+        if not args.authors_dir:
+            check_same(previous["authors"], read_authors(authors_target), "authors' files")
     seeds = [args.seed] if args.shared_init else list(range(args.seed, args.seed + args.seeds))
     job = {"authors_dir": authors, "data_path": data_path, "bits": np.array(bits_list, float),
            "mu": params.mu, "alpha": params.alpha, "omega": params.omega,
            "beta": params.beta, "theta": params.theta, "lambda": params.lam,
            "iter": float(params.iterations), "sf": params.sparsity,
            "anchors": float(params.anchors), "km": np.array(ks, float),
-           "repeats": float(args.repeats)}
+           "repeats": float(args.repeats), "rank_rule": args.rank_rule}
     if anchors < args.anchors:
         job["shim_dir"] = write_randperm_shim(os.path.join(work, "shim"))
         job["anchors"] = float(args.anchors)  # their hard-coded count, capped by the shim
@@ -376,6 +469,7 @@ def main(argv=None):
             "mode": "shared_init" if args.shared_init else "independent",
             "our_clusters": bool(args.our_clusters),
             "ours_dtype": "float64" if args.float64 else "float32", "polar": args.polar,
+            "rank_rule": args.rank_rule,
             "data": args.features or "synthetic",
             "ours_openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
             "octave_openblas_threads": _ORIGINAL_OPENBLAS, "anchors": anchors,
@@ -393,6 +487,8 @@ def main(argv=None):
             for bits in bits_list:
                 init, octave = shared_init(data, bits, params, clusters, seed, args.float64)
                 path = os.path.join(work, f"init_seed{seed}_{bits}.mat")
+                if args.reuse_octave and os.path.exists(path):
+                    check_same(scipy.io.loadmat(path), octave, f"shared init {path}")
                 scipy.io.savemat(path, octave, do_compression=False)
                 paths.append(path)
                 inits[bits] = init
@@ -406,8 +502,10 @@ def main(argv=None):
                 for bits in bits_list:
                     inits[bits] = solver.JSPSHInit(clusters=clusters)
         job_path = os.path.join(work, f"job_seed{seed}.mat")
-        scipy.io.savemat(job_path, job_seed)
         reused = args.reuse_octave and os.path.exists(os.path.join(out_dir, "results.json"))
+        if reused:
+            check_reusable(job_path, job_seed, args.shared_init)
+        scipy.io.savemat(job_path, job_seed)
         if reused:
             octave_results, octave_wall = read_octave_results(out_dir), float("nan")
         else:

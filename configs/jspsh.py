@@ -35,4 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     # number of distinct label vectors; weights k_j / sum(k)
     config.jspsh.kmeans_iters = 100  # MATLAB's kmeans default MaxIter
     config.jspsh.dtype = "float32"  # float32 | float64
+    # H step: "row_space" keeps the row space of B and pads every null direction (ours);
+    # "authors" is train_JSPSH.m's eig(Z'Z) > 1e-6, to reproduce their numbers
+    # (docs/benchmarks.md: JSPSH versus Octave, "The authors' rank rule on our side")
+    config.jspsh.rank_rule = "row_space"
     return config

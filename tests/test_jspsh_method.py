@@ -130,8 +130,18 @@ def test_dataset_configs_validate_on_a_feature_file(name, anchors, feature_file)
     ({"jspsh.dtype": "float16"}, r"config\.jspsh\.dtype='float16'"),
     ({"jspsh.iterations": 0}, r"config\.jspsh\.iterations=0 must be a positive integer"),
     ({"jspsh.mu": -1.0}, r"config\.jspsh\.mu=-1\.0 must be a number >= 0"),
+    ({"jspsh.rank_rule": "eig"}, r"config\.jspsh\.rank_rule='eig' is not supported"),
 ])
 def test_bad_settings_name_the_key(overrides, message, tmp_path):
     with pytest.raises(ConfigError, match=message):
         validate_config(tiny(**overrides), num_devices=8)
         loop.train_and_evaluate(tiny(**overrides), str(tmp_path))
+
+
+def test_rank_rule_reaches_the_solver():
+    from fjsph_jax.methods.jspsh.method import params_from_config
+
+    config = tiny()
+    assert params_from_config(config.jspsh, (10, 20)).rank_rule == "row_space"
+    config.jspsh.rank_rule = "authors"
+    assert params_from_config(config.jspsh, (10, 20)).rank_rule == "authors"

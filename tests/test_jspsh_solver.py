@@ -269,3 +269,101 @@ def test_cap_cluster_ks_and_cluster_labels():
     assert clusters.weights == (0.4, 0.6)
     with pytest.raises(ValueError, match="all zero"):
         solver.cluster_labels(np.array([[1, 0], [0, 0]]), (1,), jax.random.key(0))
+
+
+# ------------------------------------------------------------ rank_rule="authors"
+
+
+def authors_h_np(z, noise):
+    """train_JSPSH.m lines 34-39 in numpy (float64), with the padding written as
+    polar(G V_drop) V_drop^T (their orth(randn) * orth(VV(:, ~index))' in distribution)."""
+    _, lmd, vt = np.linalg.svd(z.T @ z)
+    vv = vt.T
+    index = lmd > 1e-6
+    v, v_ = vv[:, index], vv[:, ~index]
+    out = z @ (v / np.sqrt(lmd[index])) @ v.T
+    if v_.shape[1]:
+        out = out + polar_np(noise @ v_) @ v_.T
+    return out, int(index.sum())
+
+
+def h_step_np(codes, nl, ids, noise, params):
+    with jax.enable_x64(True):
+        h, rank = solver.h_step(jnp.asarray(codes), jnp.asarray(nl), jnp.asarray(ids),
+                                jnp.asarray(noise), bits=BITS, cluster_ks=KS, params=params)
+    return np.asarray(h) / np.sqrt(N * BITS / KDIM), int(rank)
+
+
+def test_rank_rule_authors_full_rank_agrees_with_row_space():
+    _, nl, ids, codes = random_problem(3)
+    noise = np.random.default_rng(4).normal(size=codes.shape)
+    ours, rank = h_step_np(codes, nl, ids, noise, solver.JSPSHParams())
+    theirs, rank_a = h_step_np(codes, nl, ids, noise, solver.JSPSHParams(rank_rule="authors"))
+    assert rank == rank_a == KDIM
+    np.testing.assert_allclose(theirs, ours, atol=1e-8)
+
+
+def test_rank_rule_authors_is_their_formula_and_agrees_when_null_is_below_1e6():
+    # Small scale: Z^T Z has lam_max ~1e5, its round-off ~1e-11 < 1e-6, so their rule
+    # drops exactly the null directions of B and the two rules give the same H.
+    _, nl, ids, codes = random_problem(5)
+    codes[:, 0] = 0.0
+    codes[:, 2] = codes[:, 1]
+    params = solver.JSPSHParams(rank_rule="authors")
+    noise = np.random.default_rng(6).normal(size=codes.shape)
+    theirs, rank_a = h_step_np(codes, nl, ids, noise, params)
+    z = params.omega * codes + BITS * dense_similarity(nl, ids, params.alpha) @ codes
+    expected, expected_rank = authors_h_np(z, noise)
+    assert rank_a == expected_rank == KDIM - 2
+    np.testing.assert_allclose(theirs, expected, atol=1e-8)
+    ours, rank = h_step_np(codes, nl, ids, noise, solver.JSPSHParams())
+    assert rank == KDIM - 2
+    np.testing.assert_allclose(theirs, ours, atol=1e-8)
+
+
+def test_rank_rule_authors_keeps_round_off_directions_unnormalised():
+    # Large scale (omega = 1e6: lam_max of Z^T Z ~1e14, like their 64-bit runs): round-off
+    # eigenvalues of exact null directions exceed the absolute 1e-6, so their rule keeps
+    # them (no padding there) as columns of norm << 1, where the row-space rule pads every
+    # null direction with a unit-norm random direction.
+    _, nl, ids, codes = random_problem(5)
+    codes[:, 0] = 0.0
+    codes[:, 2] = codes[:, 1]
+    null = np.zeros((KDIM, 2))
+    null[0, 0] = 1.0
+    null[1, 1], null[2, 1] = 1 / np.sqrt(2), -1 / np.sqrt(2)
+    noise = np.random.default_rng(6).normal(size=codes.shape)
+    theirs, rank_a = h_step_np(codes, nl, ids, noise,
+                               solver.JSPSHParams(omega=1e6, rank_rule="authors"))
+    ours, rank = h_step_np(codes, nl, ids, noise, solver.JSPSHParams(omega=1e6))
+    assert rank == KDIM - 2 and rank_a > rank
+    np.testing.assert_allclose(np.linalg.svd(ours @ null, compute_uv=False), 1.0, atol=1e-10)
+    # Of H's two null-space directions, those kept by their rule (rank_a - rank of them:
+    # which ones pass 1e-6 is round-off) are ~0 instead of unit; the rest are padded.
+    sv = np.linalg.svd(theirs @ null, compute_uv=False)
+    assert np.sum(sv < 1e-3) == rank_a - rank and np.all((sv < 1e-3) | (np.abs(sv - 1) < 1e-6))
+    # On the row space of B both are the polar factor of Z.
+    keep = np.linalg.svd(np.eye(KDIM) - null @ null.T)[0][:, :KDIM - 2]
+    np.testing.assert_allclose(theirs @ keep, ours @ keep, atol=1e-6)
+
+
+def test_rank_rule_authors_runs_in_float64_for_float32_inputs_and_is_checked():
+    _, nl, ids, codes = random_problem(5)
+    codes[:, 0] = 0.0
+    noise = np.random.default_rng(6).normal(size=codes.shape)
+    params = solver.JSPSHParams(rank_rule="authors")
+    with jax.enable_x64(True):
+        h32, rank32 = solver.h_step(jnp.asarray(codes, jnp.float32),
+                                    jnp.asarray(nl, jnp.float32), jnp.asarray(ids),
+                                    jnp.asarray(noise, jnp.float32), bits=BITS,
+                                    cluster_ks=KS, params=params)
+    assert h32.dtype == jnp.float32
+    h64, rank64 = h_step_np(codes.astype(np.float32).astype(np.float64),
+                            nl.astype(np.float32).astype(np.float64), ids,
+                            noise.astype(np.float32).astype(np.float64), params)
+    assert int(rank32) == rank64 == KDIM - 1
+    np.testing.assert_allclose(np.asarray(h32) / np.sqrt(N * BITS / KDIM), h64, atol=1e-6)
+    (x_tr, _), (y_tr, _), (l_tr, _) = clustered_data(0, n_train=100)
+    with pytest.raises(ValueError, match="rank_rule must be one of"):
+        solver.fit(x_tr, y_tr, l_tr, bits=2, key=jax.random.key(0),
+                   params=solver.JSPSHParams(anchors=50, rank_rule="exact"))

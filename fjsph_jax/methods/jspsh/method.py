@@ -38,6 +38,7 @@ def params_from_config(jspsh, cluster_ks) -> solver.JSPSHParams:
         iterations=int(jspsh.iterations), sparsity=float(jspsh.sparsity),
         anchors=int(jspsh.anchors), cluster_ks=tuple(int(k) for k in cluster_ks),
         kmeans_iters=int(jspsh.kmeans_iters),
+        rank_rule=str(jspsh.get("rank_rule", "row_space")),
     )
 
 
@@ -48,7 +49,7 @@ JSPSH_KEYS = ("mu", "alpha", "omega", "beta", "theta", "lam", "iterations", "spa
 def validate_jspsh_config(config) -> None:
     """``config.data.features`` set, and ``config.jspsh``: every key present, finite weights >= 0, a finite ridge > 0,
     iterations / anchors / ks positive integers, a sparsity whose code dimension
-    ``bits / sparsity`` is a whole number, a known dtype."""
+    ``bits / sparsity`` is a whole number, a known dtype and H-step rank rule."""
     if "jspsh" not in config:
         raise cfg.ConfigError("config.method='jspsh' needs a config.jspsh section: start from "
                               "configs/jspsh.py")
@@ -73,6 +74,7 @@ def validate_jspsh_config(config) -> None:
             f"config.bits / config.jspsh.sparsity = {config.bits} / {j.sparsity} = {dim:g} "
             "must be a whole number (the code dimension)")
     cfg.choice("config.jspsh.dtype", j.get("dtype", "float32"), DTYPES)
+    cfg.choice("config.jspsh.rank_rule", j.get("rank_rule", "row_space"), solver.RANK_RULES)
     if not isinstance(j.cluster_ks, (tuple, list)) or not tuple(j.cluster_ks):
         raise cfg.ConfigError(f"config.jspsh.cluster_ks={j.cluster_ks!r} must be a non-empty "
                               "tuple of k-means sizes such as (100, 200, 500)")

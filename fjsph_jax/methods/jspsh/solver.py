@@ -39,7 +39,10 @@ Where this differs from the authors' code (all documented at the function):
 
 * H step rank (:func:`polar_with_padding`): directions kept = row space of B (exact:
   ``null(Z) = null(B)``), not "eigenvalue of ``Z'*Z`` > 1e-6", which on their scales keeps
-  a few round-off directions (``train_JSPSH.m`` lines 34-38).
+  round-off directions, hundreds of them at 64 bits (``train_JSPSH.m`` lines 34-38;
+  measured in docs/benchmarks.md, JSPSH versus Octave).  Their rule and arithmetic
+  are available as ``JSPSHParams(rank_rule="authors")`` (:func:`authors_polar`), for
+  comparisons; the default is ``"row_space"``.
 * H step padding: ``polar(G V_drop) V_drop^T`` (same distribution as their
   ``orth(randn) * orth(VV(:, ~index))'``, but independent of the null-space basis, so it
   is reproducible from a shared G).
@@ -115,6 +118,15 @@ class JSPSHParams(NamedTuple):
         flipped 2.2% of the code ones against an SVD of Z V_keep from the same inputs,
         qr flipped none (docs/benchmarks.md, JSPSH versus Octave).
       kmeans_iters: maximum Lloyd iterations of the cosine k-means (MATLAB: 100).
+      rank_rule: which directions of Z the H step keeps.  ``"row_space"`` (default): the
+        row space of B (:func:`code_range`, with ``rank_rtol`` and ``polar``), every null
+        direction padded with a unit-norm random direction.  ``"authors"``: the authors'
+        rule and arithmetic exactly (:func:`authors_polar`): ``svd(Z'*Z)``, keep the
+        eigenvalues above an absolute 1e-6, ``U = Z V Lmd^-1/2``, pad the rest; Z and the
+        decomposition in float64 where x64 is enabled (:func:`fit` enables it), whatever
+        the working dtype; ``rank_rtol`` and ``polar`` are then unused.  For comparisons
+        with their code (benchmarks/jspsh_vs_octave.py ``--rank_rule=authors``); see
+        docs/benchmarks.md, JSPSH versus Octave, for why it is not the default.
     """
 
     mu: float = 3.0
@@ -130,6 +142,7 @@ class JSPSHParams(NamedTuple):
     rank_rtol: float | None = None
     polar: str = "auto"
     kmeans_iters: int = 100
+    rank_rule: str = "row_space"
 
 
 class LabelClusters(NamedTuple):
@@ -344,9 +357,13 @@ def polar_with_padding(z, codes, pad_noise, *, rank_rtol: float | None = None,
     * the kept directions are the row space of B (:func:`code_range`): Z = (omega I +
       r S) B with omega I + r S positive definite, so ``null(Z) = null(B)`` exactly.
       (Their absolute 1e-6 lies below the round-off of ``svd(Z'*Z)``, whose largest
-      eigenvalue is ~1e12..1e14: on exactly rank-deficient Z their code keeps a few
-      round-off directions, whose U columns have norm ~1e-4 instead of 1, and pads only
-      the rest.  We pad every null direction, as their code intends.)
+      eigenvalue is ~1e12..1e14: on exactly rank-deficient Z their code keeps
+      round-off directions, whose U columns have norm far below 1, and pads only the
+      rest; at 64 bits on the demo features their rule kept 1208, 814, 671, 648 of 1280
+      directions in rounds 2-5 (the final B had rank 302), and with LAPACK's gesdd
+      instead of gesvd for the same SVD all 1280 in every round.  We pad every null
+      direction, as their code intends.  ``rank_rule="authors"`` runs their rule:
+      :func:`authors_polar`.)
     * ``U = polar(Z V_keep)`` [n, rank]: ``Z V_keep (V_keep^T Z^T Z V_keep)^-1/2``
       (``polar="gram"``, one [K, K] Gram of Z) or ``Q polar(R)`` from the QR of
       ``Z V_keep`` (``"qr"``: error ~eps relative to the largest singular value instead
@@ -395,16 +412,72 @@ def polar_with_padding(z, codes, pad_noise, *, rank_rtol: float | None = None,
         factor = jax.lax.switch(_width_index(rank, widths),
                                 [functools.partial(_kept_polar_qr, width=w) for w in widths],
                                 z, v, keep)
+    return _pad_dropped(factor, pad_noise.astype(dtype), v, keep, widths), rank
+
+
+def _pad_dropped(factor, pad_noise, v, keep, widths):
+    """``factor + polar(G V_drop) V_drop^T`` unless every direction is kept; the dropped
+    directions are the last ``K - rank`` columns of V (descending singular values), the
+    padding runs on the smallest block of ``widths`` that holds them."""
+    rank = jnp.sum(keep).astype(jnp.int32)
 
     def padded(factor):
-        # Dropped directions are the last K - rank columns of V.
         return factor + jax.lax.switch(
-            _width_index(kdim - rank, widths),
+            _width_index(v.shape[1] - rank, widths),
             [functools.partial(_padding, width=w) for w in widths],
-            pad_noise.astype(dtype), v, keep)
+            pad_noise, v, keep)
 
-    factor = jax.lax.cond(jnp.all(keep), lambda a: a, padded, factor)
-    return factor, rank
+    return jax.lax.cond(jnp.all(keep), lambda a: a, padded, factor)
+
+
+RANK_RULES = ("row_space", "authors")
+AUTHORS_EIG_FLOOR = 1e-6      # train_JSPSH.m line 35: index = (diag(Lmd) > 1e-6)
+
+
+def _check_rank_rule(rank_rule: str) -> str:
+    if rank_rule not in RANK_RULES:
+        raise ValueError(f"rank_rule must be one of {RANK_RULES}, got {rank_rule!r}")
+    return rank_rule
+
+
+def authors_polar(z, pad_noise):
+    """The H step's factor by the authors' rule and arithmetic (``rank_rule="authors"``).
+
+    ``train_JSPSH.m`` lines 34-39::
+
+        [~, Lmd, VV] = svd(Z'*Z);  index = diag(Lmd) > 1e-6;
+        V = VV(:, index);  U = Z * (V / sqrt(Lmd(index, index)));
+        H = sqrt(n r / K) [U, orth(randn(n, K - rank))] [V, orth(VV(:, ~index))]'
+
+    Here: the same SVD of the Gram (LAPACK gesvd, the driver of Octave's ``svd``;
+    singular values descending, so the kept directions are the leading columns), the same
+    absolute threshold and ``U = Z V Lmd^-1/2`` (NOT re-normalised: a kept direction whose
+    eigenvalue is round-off gives a column of U far from unit norm), and the padding
+    ``polar(G V_drop) V_drop^T`` of :func:`polar_with_padding` for their
+    ``orth(randn) * orth(VV(:, ~index))'`` (same distribution; reproducible from G).
+
+    The rule depends on the scale of Z (an absolute threshold) and on round-off: the
+    Gram's largest eigenvalue is ~1e12 and more at 64 bits, so its round-off (~eps
+    lam_max) exceeds 1e-6 and exactly null directions of Z can pass (which ones is
+    round-off: on the demo features at 64 bits gesdd instead of gesvd passed all of them,
+    docs/benchmarks.md); float32's round-off is ~5e8 times larger, so call this on float64
+    Z (:func:`h_step` does where x64 is enabled).
+
+    Args:
+      z: [n, K].  pad_noise: Gaussian [n, K].
+    Returns:
+      ``(P [n, K], rank int32)``, P before the ``sqrt(n r / K)`` scale, in z's dtype.
+    """
+    dtype = z.dtype
+    kdim = z.shape[1]
+    _, lmd, vt = jax.lax.linalg.svd(_mm(z.T, z), full_matrices=False,
+                                     algorithm=jax.lax.linalg.SvdAlgorithm.QR)
+    v = vt.T
+    keep = lmd > AUTHORS_EIG_FLOOR
+    rank = jnp.sum(keep).astype(jnp.int32)
+    inv_sqrt = jnp.where(keep, 1.0 / jnp.sqrt(jnp.where(keep, lmd, 1.0)), 0.0).astype(dtype)
+    factor = _mm(z, _mm(v * inv_sqrt[None, :], v.T))
+    return _pad_dropped(factor, pad_noise.astype(dtype), v, keep, _block_widths(kdim)), rank
 
 
 def _block_widths(kdim: int) -> tuple[int, ...]:
@@ -461,9 +534,19 @@ def h_step(codes, label_factors, cluster_ids, pad_noise, *, bits: int,
       params: :class:`JSPSHParams`.
     Returns:
       ``(H [n, K], rank)``, ``rank`` = number of directions of Z kept (K: full rank, and
-      then ``H^T H = (n r / K) I``).  See :func:`polar_with_padding`.
+      then ``H^T H = (n r / K) I``).  See :func:`polar_with_padding`, or
+      :func:`authors_polar` for ``params.rank_rule == "authors"`` (Z and the factor in
+      float64 where x64 is enabled, H returned in the dtype of ``codes``).
     """
     n, kdim = codes.shape
+    if _check_rank_rule(params.rank_rule) == "authors":
+        # Their rule in their (float64) arithmetic, whatever the working dtype.
+        wide = jnp.float64 if _x64_enabled() else codes.dtype
+        wide_codes = codes.astype(wide)
+        z = params.omega * wide_codes + bits * similarity_product(
+            wide_codes, label_factors.astype(wide), cluster_ids, cluster_ks, params.alpha)
+        factor, rank = authors_polar(z, pad_noise.astype(wide))
+        return (math.sqrt(n * bits / kdim) * factor).astype(codes.dtype), rank
     z = params.omega * codes + bits * similarity_product(
         codes, label_factors, cluster_ids, cluster_ks, params.alpha)
     factor, rank = polar_with_padding(z, codes, pad_noise, rank_rtol=params.rank_rtol,
@@ -672,6 +755,7 @@ def fit(image_features, text_features, labels, *, bits: int,
         (when clustering here).
     """
     init = init or JSPSHInit()
+    _check_rank_rule(params.rank_rule)
     x = jnp.asarray(image_features)
     y = jnp.asarray(text_features)
     if x.ndim != 2 or y.ndim != 2 or np.ndim(labels) != 2:
