@@ -120,9 +120,29 @@ def layer_norm(dim: int, eps: float, *, rngs: nnx.Rngs, dtype=None) -> nnx.Layer
     )
 
 
-def linear(in_dim: int, out_dim: int, *, rngs: nnx.Rngs, dtype=None, use_bias: bool = True) -> nnx.Linear:
-    """Dense layer y = x W + b with W: [in_dim, out_dim] float32 parameters."""
-    return nnx.Linear(in_dim, out_dim, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+class Linear(nnx.Linear):
+    """``nnx.Linear`` (same parameters, names and numerics) that multiplies an input of
+    any rank ``[..., in]`` as one 2-D product ``[M, in] @ [in, out]`` (M = prod(...)).
+
+    Same function; the reason is the backward pass. For a 3-D input the weight gradient
+    ``x^T dy`` contracts two axes (batch and sequence); on XLA's CPU backend that product
+    ran 3.7x slower than the same contraction over one flattened axis (value and gradient
+    of ``sum((x W)^2)``, x [128, 24, 64], W [64, 256]: 3.85 ms against 1.03 ms), and the
+    demo's towers' value and gradient 6% (ViT) and 14% (text) faster with it, jax 0.10.2 on
+    a 2-core CPU. On accelerators the reshapes are free (bitcasts of contiguous axes).
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if inputs.ndim <= 2:
+            return super().__call__(inputs)
+        leading = inputs.shape[:-1]
+        out = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return out.reshape(*leading, out.shape[-1])
+
+
+def linear(in_dim: int, out_dim: int, *, rngs: nnx.Rngs, dtype=None, use_bias: bool = True) -> Linear:
+    """Dense layer y = x W + b with W: [in_dim, out_dim] float32 parameters (:class:`Linear`)."""
+    return Linear(in_dim, out_dim, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 class MLP(nnx.Module):
