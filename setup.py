@@ -31,7 +31,8 @@ setup(
         "h5py>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # pytest-xdist: the README's test command runs two workers (`-n 2`).
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
         # PyTorch only reads .pt/.bin checkpoints and runs the parity tests. Install a CPU
         # build explicitly first (e.g. `pip install torch==2.13.0`): an unpinned torch can
         # pull a multi-GB CUDA build.
