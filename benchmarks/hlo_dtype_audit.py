@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import math
 import os
 import re
@@ -90,33 +89,12 @@ def audit(stablehlo_text: str) -> dict:
 
 
 def lowered_step_text(size: str, *, mask_ratio: float = 0.0, dtype: str = "bfloat16") -> str:
-    """StableHLO of the FJSPH training step at a ``train_suite.SIZES`` entry (one device)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
+    """StableHLO of the FJSPH training step at a ``train_suite.SIZES`` entry (one device),
+    built as the benchmark's jax rows build it (:func:`train_suite.jax_step`)."""
     from benchmarks import train_suite
-    from fjsph_jax import parallel
-    from fjsph_jax.methods.fjsph import build
-    from fjsph_jax.methods.fjsph import method as method_lib
-    from fjsph_jax.methods.fjsph.step import StepSettings, make_train_step
 
-    entry = train_suite.SIZES[size]
-    config = train_suite.load_config(size, mask_ratio=mask_ratio, dtype=dtype)
-    mesh = parallel.make_mesh(jax.devices()[:1])
-    build_model = functools.partial(build.build_model, config, entry["vocab_size"], with_encoders=True,
-                                    seed=config.seed)
-    graphdef, abstract = nnx.split(nnx.eval_shape(build_model))
-    optimizer = build.build_optimizer(config, abstract, total_steps=1000)
-    labels = train_suite.synthetic_labels(entry["num_train"], entry["num_classes"])
-    sim = method_lib.pad_similarity_for(train_suite._similarity(config, labels), mesh)
-    state = method_lib.create_train_state(config, lambda: nnx.split(build_model())[1], (), optimizer,
-                                          entry["num_train"], mesh, sim)
-    step = make_train_step(graphdef, optimizer, StepSettings.from_config(config, mesh=mesh),
-                           method_lib.state_shardings(state, mesh), parallel.replicated(mesh))
-    batch = parallel.global_batch(
-        train_suite.synthetic_batch(config, entry["vocab_size"], entry["num_train"]), mesh)
-    return step.lower(state, batch, sim, jnp.float32(1.0)).as_text()
+    built = train_suite.jax_step(size, mask_ratio=mask_ratio, dtype=dtype)
+    return built.step_fn.lower(built.state, built.batch, built.sim, built.active).as_text()
 
 
 def main(argv=None) -> None:

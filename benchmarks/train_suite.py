@@ -61,6 +61,7 @@ import resource
 import subprocess
 import sys
 import time
+from typing import Any, NamedTuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -227,8 +228,23 @@ def _similarity(config, labels):
 # ------------------------------------------------------------------ one row
 
 
-def run_jax_row(spec: dict) -> dict:
-    """Ours: the jitted FJSPH step (module docstring)."""
+class JaxStep(NamedTuple):
+    """Ours, ready to lower: the jitted step and its arguments (:func:`jax_step`)."""
+
+    step_fn: Any  # make_train_step(...): (state, batch, sim, active) -> (state, metrics)
+    state: Any
+    batch: dict
+    sim: Any
+    active: Any  # bank_active = 1: every loss term on
+    config: Any
+    model_config: Any
+
+
+def jax_step(size: str, *, mask_ratio: float, dtype: str | None, batch_size: int | None = None,
+             options: dict | None = None) -> JaxStep:
+    """FJSPH's training step as ``FJSPHMethod`` builds it, at a :data:`SIZES` entry, on the
+    first device: model shapes from ``build.build_model``, the state created under jit,
+    one synthetic batch placed on the mesh."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -238,29 +254,35 @@ def run_jax_row(spec: dict) -> dict:
     from fjsph_jax.methods.fjsph import method as method_lib
     from fjsph_jax.methods.fjsph.step import StepSettings, make_train_step
 
-    size = SIZES[spec["model"]]
-    device = jax.devices()[0]
-    config = load_config(spec["model"], batch_size=spec.get("batch_size"), mask_ratio=spec["mask_ratio"],
-                         dtype=_dtype(spec, device.platform == "cpu"), options=spec.get("options"))
-    mesh = parallel.make_mesh([device])
-    base_rss = _rss_mb()
-    start = time.perf_counter()
-    build_model = functools.partial(build.build_model, config, size["vocab_size"], with_encoders=True,
+    entry = SIZES[size]
+    config = load_config(size, batch_size=batch_size, mask_ratio=mask_ratio, dtype=dtype,
+                         options=options)
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    build_model = functools.partial(build.build_model, config, entry["vocab_size"], with_encoders=True,
                                     seed=config.seed)
     model = nnx.eval_shape(build_model)  # shapes only; the state is built under jit, as FJSPHMethod does
     graphdef, abstract_params = nnx.split(model)
     optimizer = build.build_optimizer(config, abstract_params, total_steps=1000)
-    labels = synthetic_labels(size["num_train"], size["num_classes"])
+    labels = synthetic_labels(entry["num_train"], entry["num_classes"])
     sim = method_lib.pad_similarity_for(_similarity(config, labels), mesh)
     state = method_lib.create_train_state(config, lambda: nnx.split(build_model())[1], (), optimizer,
-                                          size["num_train"], mesh, sim)
-    model_config = model.config
-    del model, abstract_params
-    settings = StepSettings.from_config(config, mesh=mesh)
-    step_fn = make_train_step(graphdef, optimizer, settings, method_lib.state_shardings(state, mesh),
-                              parallel.replicated(mesh))
-    batch = parallel.global_batch(synthetic_batch(config, size["vocab_size"], size["num_train"]), mesh)
-    active = jnp.float32(1.0)
+                                          entry["num_train"], mesh, sim)
+    step_fn = make_train_step(graphdef, optimizer, StepSettings.from_config(config, mesh=mesh),
+                              method_lib.state_shardings(state, mesh), parallel.replicated(mesh))
+    batch = parallel.global_batch(synthetic_batch(config, entry["vocab_size"], entry["num_train"]), mesh)
+    return JaxStep(step_fn, state, batch, sim, jnp.float32(1.0), config, model.config)
+
+
+def run_jax_row(spec: dict) -> dict:
+    """Ours: the jitted FJSPH step (module docstring)."""
+    import jax
+
+    device = jax.devices()[0]
+    base_rss = _rss_mb()
+    start = time.perf_counter()
+    step_fn, state, batch, sim, active, config, model_config = jax_step(
+        spec["model"], mask_ratio=spec["mask_ratio"], dtype=_dtype(spec, device.platform == "cpu"),
+        batch_size=spec.get("batch_size"), options=spec.get("options"))
     jax.block_until_ready(state)
     build_s = time.perf_counter() - start
 
