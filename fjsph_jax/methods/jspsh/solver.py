@@ -539,19 +539,17 @@ def h_step(codes, label_factors, cluster_ids, pad_noise, *, bits: int,
       float64 where x64 is enabled, H returned in the dtype of ``codes``).
     """
     n, kdim = codes.shape
-    if _check_rank_rule(params.rank_rule) == "authors":
-        # Their rule in their (float64) arithmetic, whatever the working dtype.
-        wide = jnp.float64 if _x64_enabled() else codes.dtype
-        wide_codes = codes.astype(wide)
-        z = params.omega * wide_codes + bits * similarity_product(
-            wide_codes, label_factors.astype(wide), cluster_ids, cluster_ks, params.alpha)
+    authors = _check_rank_rule(params.rank_rule) == "authors"
+    # The authors' rule in their (float64) arithmetic, whatever the working dtype.
+    wide = jnp.float64 if authors and _x64_enabled() else codes.dtype
+    z = params.omega * codes.astype(wide) + bits * similarity_product(
+        codes.astype(wide), label_factors.astype(wide), cluster_ids, cluster_ks, params.alpha)
+    if authors:
         factor, rank = authors_polar(z, pad_noise.astype(wide))
-        return (math.sqrt(n * bits / kdim) * factor).astype(codes.dtype), rank
-    z = params.omega * codes + bits * similarity_product(
-        codes, label_factors, cluster_ids, cluster_ks, params.alpha)
-    factor, rank = polar_with_padding(z, codes, pad_noise, rank_rtol=params.rank_rtol,
-                                      polar=params.polar)
-    return math.sqrt(n * bits / kdim) * factor, rank
+    else:
+        factor, rank = polar_with_padding(z, codes, pad_noise, rank_rtol=params.rank_rtol,
+                                          polar=params.polar)
+    return (math.sqrt(n * bits / kdim) * factor).astype(codes.dtype), rank
 
 
 @functools.partial(jax.jit, static_argnames=("bits", "cluster_ks", "params"))
